@@ -1,0 +1,18 @@
+"""Unimodal learners and late-fusion heads."""
+
+from ._late import HEADS, FusionHead, FusionInputs, fit_head, make_head, predict_head, stack_outputs
+from ._unimodal import AttributionInputs, ModalityOutputs, UnimodalLearner, make_learner
+
+__all__ = [
+    "AttributionInputs",
+    "FusionHead",
+    "FusionInputs",
+    "HEADS",
+    "ModalityOutputs",
+    "UnimodalLearner",
+    "fit_head",
+    "make_head",
+    "make_learner",
+    "predict_head",
+    "stack_outputs",
+]
