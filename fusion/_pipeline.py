@@ -374,7 +374,7 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
         out = predictions[ordered + [c for c in predictions.columns if c not in ordered]].reset_index()
         write_csv(run_dir / "predictions.csv", out)
         contributions = pd.concat([r["contributions"] for r in fold_results])
-        write_csv(run_dir / "modality_contributions.csv", contributions)
+        write_csv(run_dir / "modality_contributions.csv", contributions, index=True)
         write_csv(run_dir / "feature_attributions.csv", pd.concat([r["attributions"] for r in fold_results], ignore_index=True))
         write_json(run_dir / "tuning.json", {"per_fold": [r["tuning"] for r in fold_results]})
 

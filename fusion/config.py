@@ -68,6 +68,7 @@ class ImagingConfig(_Section):
     reference: str | None = None
     crop_margin: int | None = Field(None, ge=0)
     spatial_size: tuple[int, int, int] = (64, 64, 64)
+    resize_mode: Literal["fit", "stretch"] = "fit"
     normalize: Literal["zscore_nonzero", "zscore", "none"] = "zscore_nonzero"
     encoder: ImagingEncoderConfig = Field(default_factory=ImagingEncoderConfig)
     training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(epochs=15, batch_size=8))

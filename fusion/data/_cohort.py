@@ -179,6 +179,7 @@ def _make_source(name: str, config: Any, fusion_config: FusionConfig, tables: di
             reference=config.reference,
             crop_margin=config.crop_margin,
             spatial_size=tuple(config.spatial_size),
+            resize_mode=config.resize_mode,
             normalize=config.normalize,
         )
         return ImagingSource(
