@@ -57,6 +57,16 @@ class ImagingEncoderConfig(_Section):
     dropout: float = Field(0.2, ge=0, lt=1)
     stem_stride: int = Field(2, ge=1)
 
+    @pydantic.model_validator(mode="after")
+    def _check_stages(self) -> "ImagingEncoderConfig":
+        # MONAI's ResNet has exactly four stages; DenseNet takes any number of blocks.
+        if self.network == "resnet" and (len(self.layers) != 4 or len(self.widths) != 4):
+            raise ValueError(
+                f"a resnet encoder needs 4 entries in 'layers' and 'widths' (one per stage), "
+                f"got {len(self.layers)} and {len(self.widths)}"
+            )
+        return self
+
 
 class ImagingConfig(_Section):
     kind: Literal["imaging"]

@@ -236,6 +236,8 @@ def build_cohort(config: FusionConfig) -> Cohort:
     target_table = read_table(target_path, id_column=config.target.id_column, what="target table")
     tables[target_path] = target_table
     target, task, excluded = _target_frame(config, target_table, target_path)
+    # A canonical order makes splits, batches and outputs independent of the files' row order.
+    target = target.sort_index()
     if excluded:
         logger.warning("%d subject(s) have no target value and are excluded", excluded)
 

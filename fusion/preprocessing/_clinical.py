@@ -287,7 +287,7 @@ class ClinicalPreprocessor(BaseEstimator):
         self.sds_ = sds
         self.n_features_in_ = len(categorical) + len(continuous)
 
-        logger.info(
+        logger.debug(
             "%s: fitted on %d subjects: %d categorical columns (cardinalities %s), "
             "%d continuous columns",
             self.modality,
@@ -338,7 +338,7 @@ class ClinicalPreprocessor(BaseEstimator):
             n_missing = int(missing[:, j].sum())
             if n_missing:
                 values[missing[:, j], j] = self.medians_[j]
-                logger.info(
+                logger.debug(
                     "%s: filled %d missing values of column %r with the training median %g",
                     self.modality,
                     n_missing,
@@ -524,7 +524,7 @@ class ClinicalPreprocessor(BaseEstimator):
         observed = {label for label in labels if label is not None}
         vocabulary = sorted(observed, key=_level_sort_key)
         n_missing = sum(label is None for label in labels)
-        logger.info(
+        logger.debug(
             "%s: categorical column %r: %d training levels, %d missing values",
             self.modality,
             column,

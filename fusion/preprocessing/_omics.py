@@ -52,7 +52,7 @@ class OmicsPreprocessor:
         variance = values.var(axis=0)
         constant = variance <= 1e-12
         if constant.any():
-            logger.info("omics '%s': %d constant feature(s) in the training subjects are dropped",
+            logger.debug("omics '%s': %d constant feature(s) in the training subjects are dropped",
                         self.modality, int(constant.sum()))
         keep = np.flatnonzero(~constant)
         if self.n_top_features is not None:
