@@ -47,6 +47,7 @@ from .evaluation import (
 from .explain import feature_attributions, modality_shapley
 from .strategies._late import FusionInputs, fit_head, predict_head, stack_outputs
 from .strategies._unimodal import ModalityOutputs, UnimodalLearner, make_learner
+from .training import single_thread
 from .tuning import best_params, tune_head
 
 __all__ = ["RunResult", "prepare_run_dir", "run"]
@@ -133,6 +134,16 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
+def _save_outputs(path: Path, outputs: dict[str, ModalityOutputs]) -> None:
+    """Write the train (out-of-fold) and test outputs of one modality as one ``.npz``."""
+    arrays = {}
+    for part, out in outputs.items():
+        arrays[f"{part}_ids"] = out.subject_ids.to_numpy().astype(str)
+        arrays[f"{part}_embedding"] = out.embedding
+        arrays[f"{part}_scores"] = out.scores
+    write_npz(path, **arrays)
+
+
 def _load_outputs(path: Path) -> dict[str, ModalityOutputs]:
     data = np.load(path, allow_pickle=False)
     return {
@@ -211,8 +222,7 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
                 outputs[name], learner = _crossfit(cohort, config, name, volumes.get(name, {}), train_ids, test_ids, seed)
                 if learner is not None:
                     learners[name] = learner
-                    write_npz(cached, **{f"{part}_{field}": (getattr(out, field) if field != "ids" else out.subject_ids.to_numpy().astype(str))
-                                         for part, out in outputs[name].items() for field in ("ids", "embedding", "scores")})
+                    _save_outputs(cached, outputs[name])
         if outputs[name]:
             dims[name] = (outputs[name]["train"].embedding.shape[1], outputs[name]["train"].scores.shape[1])
         else:
@@ -232,7 +242,7 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
         head = fit_head(train_inputs, cohort.target, task, params, epochs=config.tuning.epochs, seed=seed)
         fused = predict_head(head, test_inputs)
 
-    with timer.stage("attribution"):
+    with timer.stage("attribution"), single_thread():
         contributions = modality_shapley(head, test_inputs, seed=seed)
         attributions = []
         for name in modalities:
@@ -325,7 +335,6 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
     """Run the main job for ``config`` into ``run_dir``; see the module docstring."""
     timer = _Timer()
     run_dir = prepare_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     with _log_to(run_dir / "run.log"):
         logger.info("run '%s' started in %s", config.name, run_dir)
         write_atomic(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)))

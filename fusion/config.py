@@ -186,7 +186,6 @@ class FusionConfig(_Section):
 
     name: str = "run"
     seed: int = 0
-    device: str = "cpu"
     cache_dir: Path = Path(".fusion_cache")
     target: TargetConfig
     groups: GroupsConfig | None = None

@@ -54,6 +54,8 @@ def test_run_writes_every_artifact(finished_run):
                 "modality_contributions.csv", "feature_attributions.csv", "tuning.json",
                 "timings.json", "optuna.db", "run.log", "report.html"}
     assert expected <= names
+    report = (finished_run.run_dir / "report.html").read_text()
+    assert ">repeat<" not in report  # the repeat column is not a modality
 
 
 def test_predictions_cover_each_subject_once(finished_run, demo):

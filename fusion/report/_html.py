@@ -38,6 +38,8 @@ FUSED_MODEL = "fused"
 MAX_LISTED_IDS = 5  # maximum number of missing subject ids listed per modality
 
 _CONTRIBUTION_ID_COLUMNS = ("subject_id", "fold", "baseline", "prediction")
+# Present when cross-validation is repeated; not a modality.
+_CONTRIBUTION_OPTIONAL_COLUMNS = ("repeat",)
 _ATTRIBUTION_COLUMNS = ("subject_id", "fold", "modality", "feature", "attribution")
 
 _CSS = """
@@ -404,7 +406,8 @@ def _class_score_columns(predictions: pd.DataFrame, model: str) -> list[str]:
 
 
 def _modality_columns(contributions: pd.DataFrame) -> list[str]:
-    return [column for column in contributions.columns if column not in _CONTRIBUTION_ID_COLUMNS]
+    skipped = _CONTRIBUTION_ID_COLUMNS + _CONTRIBUTION_OPTIONAL_COLUMNS
+    return [column for column in contributions.columns if column not in skipped]
 
 
 def _is_fused(name: str, model: Mapping[str, Any]) -> bool:

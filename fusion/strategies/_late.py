@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._task import Task
-from ..training import seed_everything, target_tensor
+from ..training import seed_everything, single_thread, target_tensor
 from ..training._losses import task_loss
 from ._unimodal import ModalityOutputs
 
@@ -223,6 +223,12 @@ def fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: dic
     probability of hiding each present modality of each subject at every epoch, so the head
     learns to predict from any subset of modalities.
     """
+    with single_thread():
+        return _fit_head(inputs, target, task, params, epochs=epochs, seed=seed)
+
+
+def _fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: dict[str, Any], *,
+              epochs: int, seed: int) -> FusionHead:
     generator = seed_everything(seed)
     dims = [e.shape[1] for e in inputs.embeddings]
     head = make_head(params["head"], dims, task.output_dim, params)

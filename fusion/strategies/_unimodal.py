@@ -29,7 +29,9 @@ from ..encoders._imaging import ImagingEncoder
 from ..encoders._omics import OmicsEncoder
 from ..preprocessing._clinical import ClinicalPreprocessor
 from ..preprocessing._omics import OmicsPreprocessor
-from ..training import seed_everything, target_tensor, train_network
+import contextlib
+
+from ..training import seed_everything, single_thread, target_tensor, train_network
 
 __all__ = ["AttributionInputs", "ModalityOutputs", "UnimodalLearner", "make_learner"]
 
@@ -94,6 +96,9 @@ class _TaskHeadModel(nn.Module):
 class UnimodalLearner(abc.ABC):
     """Base class of the per-modality learners; see the module docstring for the contract."""
 
+    # Small networks train faster on one thread; 3D convolutions use all of them.
+    small_network = True
+
     def __init__(self, name: str, task: Task, training: Any, seed: int) -> None:
         self.name = name
         self.task = task
@@ -109,8 +114,15 @@ class UnimodalLearner(abc.ABC):
     @abc.abstractmethod
     def _build_encoder(self) -> nn.Module: ...
 
+    def _threads(self) -> contextlib.AbstractContextManager:
+        return single_thread() if self.small_network else contextlib.nullcontext()
+
     def fit(self, subject_ids: pd.Index, target: pd.DataFrame) -> "UnimodalLearner":
         """Fit preprocessing and network on ``subject_ids`` (rows of ``target``)."""
+        with self._threads():
+            return self._fit(subject_ids, target)
+
+    def _fit(self, subject_ids: pd.Index, target: pd.DataFrame) -> "UnimodalLearner":
         generator = seed_everything(self.seed)
         self._fit_preprocessing(subject_ids)
         self.model_ = _TaskHeadModel(self._build_encoder(), self.task.output_dim)
@@ -142,6 +154,10 @@ class UnimodalLearner(abc.ABC):
     @torch.no_grad()
     def predict(self, subject_ids: pd.Index, *, batch_size: int = 64) -> ModalityOutputs:
         """Return embeddings and raw scores of ``subject_ids`` in that order."""
+        with self._threads():
+            return self._predict(subject_ids, batch_size)
+
+    def _predict(self, subject_ids: pd.Index, batch_size: int) -> ModalityOutputs:
         self.model_.eval()
         inputs = self._inputs(subject_ids)
         embeddings, scores = [], []
@@ -170,6 +186,8 @@ class UnimodalLearner(abc.ABC):
 
 class ImagingLearner(UnimodalLearner):
     """MONAI 3D network on cached volumes; volumes of all subjects are read once."""
+
+    small_network = False
 
     def __init__(self, name: str, task: Task, config: ImagingConfig, source: ImagingSource, seed: int,
                  volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

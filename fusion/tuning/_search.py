@@ -25,6 +25,7 @@ from .._logging import logger
 from .._task import Task
 from ..evaluation import HIGHER_IS_BETTER, PRIMARY_METRIC, compute_metrics
 from ..strategies._late import FusionInputs, fit_head, predict_head
+from ..training import single_thread
 
 __all__ = ["suggest_params", "tune_head"]
 
@@ -74,6 +75,7 @@ def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: 
     parallel workers on one study the order of trials, and so the result, is not
     reproducible.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if HIGHER_IS_BETTER[PRIMARY_METRIC[task.kind]] else "minimize"
     study = optuna.create_study(
         storage=storage, study_name=study_name, direction=direction, load_if_exists=True,
@@ -91,8 +93,8 @@ def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: 
         params = suggest_params(trial, heads)
         return _inner_score(inputs, target, task, params, folds, epochs=epochs, seed=seed, trial=trial)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=remaining, catch=())
+    with single_thread():
+        study.optimize(objective, n_trials=remaining, catch=())
     return study
 
 
