@@ -55,7 +55,7 @@ __all__ = ["RunResult", "prepare_run_dir", "run"]
 
 @dataclasses.dataclass
 class RunResult:
-    """Where a run wrote its artifacts, and its headline numbers."""
+    """Run directory, metrics, report path and stage timings of a finished run."""
 
     run_dir: Path
     metrics: dict[str, Any]
@@ -278,7 +278,7 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
 
 
 def config_attributable(config: FusionConfig, name: str) -> bool:
-    """Whether feature attributions are computed for a modality (omics and clinical)."""
+    """Return True for modalities with feature attributions (omics and clinical, not imaging)."""
     return not isinstance(config.modalities[name], ImagingConfig)
 
 

@@ -48,7 +48,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def run_command(config: Path, out: Path | None, resume: bool, overwrite: bool, no_report: bool) -> None:
     """Cross-validate unimodal and fused models for CONFIG (a YAML file) and write a run directory.
 
-    The directory holds the resolved config, the splits, metrics.json, out-of-fold
+    The directory contains the resolved config, the splits, metrics.json, out-of-fold
     predictions.csv, modality_contributions.csv, feature_attributions.csv, the Optuna
     study (optuna.db), run.log and report.html.
     """
@@ -101,9 +101,9 @@ def validate_command(config: Path) -> None:
 def demo_command(directory: Path, task: str, subjects: int, seed: int, run_after: bool) -> None:
     """Write a synthetic cohort with known ground truth to DIRECTORY and run the main job on it.
 
-    The cohort is real files (NIfTI volumes with a manifest, an .h5ad file, a clinical
-    CSV), read by the same loaders as a user's data; ground_truth.json records which
-    features carry the signal.
+    The cohort is written as real files (NIfTI volumes with a manifest, an .h5ad file, a
+    clinical CSV), so the same loaders read it as a user's data. ground_truth.json records
+    which features carry the signal.
     """
     from ._pipeline import run
     from .config import load_config

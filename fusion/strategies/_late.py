@@ -219,7 +219,7 @@ def fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: dic
              epochs: int, seed: int) -> FusionHead:
     """Train a head of ``params['head']`` on ``inputs`` (full batch AdamW).
 
-    ``params`` also holds ``learning_rate``, ``weight_decay`` and ``modality_dropout``: the
+    ``params`` also contains ``learning_rate``, ``weight_decay`` and ``modality_dropout``: the
     probability of hiding each present modality of each subject at every epoch, so the head
     learns to predict from any subset of modalities.
     """

@@ -68,7 +68,7 @@ def _inner_score(inputs: FusionInputs, target: pd.DataFrame, task: Task, params:
 def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: Sequence[str],
               folds: list[tuple[pd.Index, pd.Index]], n_trials: int, epochs: int, seed: int,
               storage: str, study_name: str) -> optuna.Study:
-    """Run (or resume) the study until it holds ``n_trials`` finished trials.
+    """Run (or resume) the study until it contains ``n_trials`` finished trials.
 
     Trials already complete or pruned in the storage count toward ``n_trials``, so an
     interrupted run picks up where it stopped. The sampler is seeded with ``seed``; with
@@ -86,7 +86,7 @@ def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: 
                                                         optuna.trial.TrialState.PRUNED)]
     remaining = n_trials - len(finished)
     if remaining <= 0:
-        logger.info("study '%s' already holds %d finished trials; reusing it", study_name, len(finished))
+        logger.info("study '%s' already contains %d finished trials; reusing it", study_name, len(finished))
         return study
 
     def objective(trial: optuna.Trial) -> float:
