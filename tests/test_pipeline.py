@@ -198,3 +198,32 @@ def test_real_cohort_subset_end_to_end(shared_data, tmp_path):
     attributions = pd.read_csv(result.run_dir / "feature_attributions.csv")
     assert {"gender", "histological_type", "age_at_initial_pathologic"} <= set(attributions["feature"])
     assert "EGFR" in set(attributions["feature"])
+
+
+@pytest.mark.parametrize(("task", "backbone"), [("regression", "GANDALF"), ("multiclass", "FTTransformer")])
+def test_other_tasks_end_to_end(task, backbone, tmp_path):
+    cohort = make_demo_cohort(tmp_path / "cohort", task="regression", n_subjects=45, volume_shape=(12, 12, 8),
+                              n_genes=20, seed=5)
+    config = yaml.safe_load((cohort.root / "config.yaml").read_text())
+    if task == "multiclass":
+        clinical = pd.read_csv(cohort.root / "clinical.csv")
+        clinical["tertile"] = pd.qcut(clinical["score"], 3, labels=["low", "mid", "high"]).astype(str)
+        clinical.to_csv(cohort.root / "clinical.csv", index=False)
+        config["target"] = {"table": "clinical.csv", "id_column": "subject_id", "kind": "multiclass",
+                            "column": "tertile"}
+    config["modalities"]["clinical"]["encoder"] = {"backbone": backbone, "embedding_dim": 8}
+    (cohort.root / "config.yaml").write_text(yaml.safe_dump(config))
+    small = _small_config(cohort.root, imaging=False, name=task)
+    result = run(small, tmp_path / "run")
+
+    metrics = result.metrics
+    expected = {"regression": {"rmse", "mae", "r2"}, "multiclass": {"auroc_macro", "balanced_accuracy"}}[task]
+    assert expected <= set(metrics["models"]["fused"]["summary"])
+    predictions = pd.read_csv(result.run_dir / "predictions.csv")
+    assert len(predictions) == 45
+    if task == "multiclass":
+        assert {"score_fused_0", "score_fused_1", "score_fused_2"} <= set(predictions.columns)
+    contributions = pd.read_csv(result.run_dir / "modality_contributions.csv")
+    total = contributions[["expression", "clinical"]].sum(axis=1)
+    np.testing.assert_allclose(total, contributions["prediction"] - contributions["baseline"], atol=1e-4)
+    assert (result.run_dir / "report.html").is_file()
