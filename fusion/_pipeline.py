@@ -46,7 +46,7 @@ from .evaluation import (
 )
 from .explain import feature_attributions, modality_shapley
 from .strategies._late import FusionInputs, fit_head, predict_head, stack_outputs
-from .strategies._unimodal import ModalityOutputs, UnimodalLearner, make_learner
+from .strategies._unimodal import ModalityOutputs, UnimodalLearner, align_embeddings, make_learner
 from .training import single_thread
 from .tuning import best_params, tune_head
 
@@ -167,18 +167,24 @@ def _crossfit(cohort: Cohort, config: FusionConfig, name: str, volumes: dict, tr
     groups = cohort.groups.loc[present_train] if cohort.groups is not None else None
     folds = inner_folds(cohort.target.loc[present_train], cohort.task, n_folds=config.evaluation.inner_folds,
                         seed=seed, groups=groups)
+    full = make_learner(name, modality_config, source, cohort.task, seed, volumes)
+    full.fit(present_train, cohort.target)
+
     parts = []
     for j, (inner_train, inner_valid) in enumerate(folds):
         learner = make_learner(name, modality_config, source, cohort.task, seed + 101 * (j + 1), volumes)
         learner.fit(inner_train, cohort.target)
-        parts.append(learner.predict(inner_valid))
+        # Each fitted network has its own embedding basis, and the head applies what it learns
+        # from these out-of-fold embeddings to the full model's test embeddings. Map this
+        # model's embeddings onto the full model's, fitted on its own training subjects only.
+        mapping = align_embeddings(learner.predict(inner_train).embedding, full.predict(inner_train).embedding)
+        valid = learner.predict(inner_valid)
+        parts.append(dataclasses.replace(valid, embedding=mapping(valid.embedding)))
     oof = ModalityOutputs(
         subject_ids=pd.Index(np.concatenate([p.subject_ids.to_numpy() for p in parts])),
         embedding=np.concatenate([p.embedding for p in parts]),
         scores=np.concatenate([p.scores for p in parts]),
     )
-    full = make_learner(name, modality_config, source, cohort.task, seed, volumes)
-    full.fit(present_train, cohort.target)
     test = full.predict(present_test) if len(present_test) else ModalityOutputs(
         pd.Index([]), np.zeros((0, oof.embedding.shape[1]), np.float32), np.zeros((0, oof.scores.shape[1]), np.float32))
     return {"train": oof, "test": test}, full
@@ -296,6 +302,18 @@ def _model_scores(predictions: pd.DataFrame, model: str, task: Task) -> np.ndarr
     return predictions[f"score_{model}"].to_numpy()
 
 
+# Metrics bounded by [0, 1]; a t interval over few folds can cross the bounds otherwise.
+_UNIT_INTERVAL_METRICS = {"auroc", "auprc", "balanced_accuracy", "brier", "accuracy", "auroc_macro",
+                          "c_index", "c_index_uno"}
+
+
+def _clip_interval(metric: str, summary: dict[str, float]) -> dict[str, float]:
+    if metric in _UNIT_INTERVAL_METRICS:
+        summary["ci_low"] = float(np.clip(summary["ci_low"], 0.0, 1.0))
+        summary["ci_high"] = float(np.clip(summary["ci_high"], 0.0, 1.0))
+    return summary
+
+
 def _evaluate(cohort: Cohort, predictions: pd.DataFrame, models: list[str], seed: int) -> dict[str, Any]:
     task = cohort.task
     target = cohort.target
@@ -310,7 +328,7 @@ def _evaluate(cohort: Cohort, predictions: pd.DataFrame, models: list[str], seed
             metrics = compute_metrics(task, target.loc[ids], scores[present], train_target=train_target)
             per_fold.append({"repeat": int(repeat), "fold": int(fold), "n": int(present.sum()), **metrics})
         metric_names = [k for k in per_fold[0] if k not in ("repeat", "fold", "n")]
-        summary = {m: summarize_folds([row[m] for row in per_fold]) for m in metric_names}
+        summary = {m: _clip_interval(m, summarize_folds([row[m] for row in per_fold])) for m in metric_names}
 
         pooled_part = predictions[predictions["repeat"] == 0]
         scores = _model_scores(pooled_part, model, task)

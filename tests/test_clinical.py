@@ -301,7 +301,7 @@ def test_impute_median_fills_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     test = pd.DataFrame({"age": [np.nan, 40.0, np.nan]}, index=list("fgh"))
     preprocessor = ClinicalPreprocessor(categorical=[], continuous=["age"]).fit(train)
 
-    with caplog.at_level(logging.INFO, logger="fusion"):
+    with caplog.at_level(logging.DEBUG, logger="fusion"):
         x_cont, x_cat = preprocessor.transform(test)
 
     mean, sd, median = 50.0, np.sqrt((400 + 100 + 0 + 900) / 4), 45.0

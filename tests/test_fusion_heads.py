@@ -110,3 +110,15 @@ def test_stack_outputs_aligns_by_id():
     stacked = stack_outputs(ids, {"m": out}, ["m"], {"m": (1, 1)})
     assert stacked.mask[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
     assert stacked.scores[0][:, 0].tolist() == [0.0, 20.0, 0.0, 40.0]
+
+
+def test_align_embeddings_recovers_rotation():
+    from fusion.strategies import align_embeddings
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(50, 4))
+    rotation, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    target = source @ rotation * 2.0 + 3.0
+    mapping = align_embeddings(source, target, ridge=1e-9)
+    new = rng.normal(size=(5, 4))
+    np.testing.assert_allclose(mapping(new), new @ rotation * 2.0 + 3.0, atol=1e-4)

@@ -82,7 +82,10 @@ MIN_LESION_RADIUS = 1.5  # voxels, so that every lesion covers at least a few vo
 SIGNAL_GENE_LOADING = 0.8  # correlation of each signature gene with the shared factor
 N_NUISANCE_MODULES = 3  # co-expressed gene modules unrelated to the outcome
 BATCH_SHIFT_SD = 0.4  # site shift per gene, in units of that gene's standard deviation
-BINARY_SCALE = 1.0
+# Logit = BINARY_SCALE * eta. With three unit-variance terms, 2.0 gives an oracle AUROC of
+# about 0.93 for eta and 0.74 for each term alone (simulated with 400,000 subjects). A term
+# alone cannot exceed about 0.77 at any scale, because the other two terms act as noise.
+BINARY_SCALE = 2.0
 BASELINE_MEDIAN_DAYS = 730.0  # median survival time at eta = 0
 CENSORED_FRACTION = 0.3
 REGRESSION_NOISE_SD = 1.0
@@ -151,7 +154,7 @@ def make_demo_cohort(
     n_sites: int = 3,
     volume_shape: tuple[int, int, int] = (24, 24, 16),
     n_genes: int = 200,
-    n_signal_genes: int = 5,
+    n_signal_genes: int = 20,
     seed: int = 0,
     overwrite: bool = False,
 ) -> DemoCohort:
@@ -806,13 +809,15 @@ def _config_dict(task: str, seed: int, volume_shape: tuple[int, int, int]) -> di
                 "spatial_size": [int(size) for size in volume_shape],
                 "normalize": "zscore_nonzero",
                 "encoder": {
-                    "network": "resnet",
-                    "layers": [1, 1, 1, 1],
-                    "widths": [8, 16, 32, 64],
+                    # A two-block DenseNet with growth rate 8 learned the lesion volume
+                    # better than a four-stage ResNet on 80 training subjects.
+                    "network": "densenet",
+                    "layers": [2, 2],
+                    "widths": [8],
                     "embedding_dim": 32,
                 },
                 "training": {
-                    "epochs": 10,
+                    "epochs": 20,
                     "batch_size": 8,
                     "learning_rate": 0.001,
                     "weight_decay": 0.0001,
@@ -822,7 +827,10 @@ def _config_dict(task: str, seed: int, volume_shape: tuple[int, int, int]) -> di
                 "kind": "omics",
                 "files": [EXPRESSION_PATH],
                 "layer": None,
-                "preprocessing": {"scale": True, "n_top_features": None, "pca_components": None},
+                # The expression has four co-expression modules (three nuisance modules and
+                # the outcome signature). Five principal components keep all four and drop
+                # most per-gene noise, which an MLP on all genes fits instead of the signature.
+                "preprocessing": {"scale": True, "n_top_features": None, "pca_components": 5},
                 "encoder": {"hidden_dims": [64], "embedding_dim": 16, "dropout": 0.2},
                 "training": {
                     "epochs": 50,
@@ -839,8 +847,10 @@ def _config_dict(task: str, seed: int, volume_shape: tuple[int, int, int]) -> di
                 "continuous": ["age", "bmi"],
                 "impute": "median",  # bmi has empty cells
                 "encoder": {"backbone": "CategoryEmbedding", "embedding_dim": 16},
+                # More epochs overfit the 80 training subjects: held-out AUROC fell from
+                # about 0.69 at 20 epochs to 0.65 at 100.
                 "training": {
-                    "epochs": 50,
+                    "epochs": 20,
                     "batch_size": 32,
                     "learning_rate": 0.001,
                     "weight_decay": 0.0001,

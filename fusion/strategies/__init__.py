@@ -1,7 +1,7 @@
 """Unimodal learners and late-fusion heads."""
 
 from ._late import HEADS, FusionHead, FusionInputs, fit_head, make_head, predict_head, stack_outputs
-from ._unimodal import AttributionInputs, ModalityOutputs, UnimodalLearner, make_learner
+from ._unimodal import AttributionInputs, ModalityOutputs, UnimodalLearner, align_embeddings, make_learner
 
 __all__ = [
     "AttributionInputs",
@@ -10,6 +10,7 @@ __all__ = [
     "HEADS",
     "ModalityOutputs",
     "UnimodalLearner",
+    "align_embeddings",
     "fit_head",
     "make_head",
     "make_learner",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import contextlib
 
 from ..training import seed_everything, single_thread, target_tensor, train_network
 
-__all__ = ["AttributionInputs", "ModalityOutputs", "UnimodalLearner", "make_learner"]
+__all__ = ["AttributionInputs", "ModalityOutputs", "UnimodalLearner", "align_embeddings", "make_learner"]
 
 
 @dataclasses.dataclass
@@ -297,6 +297,34 @@ class ClinicalLearner(UnimodalLearner):
     def forward_attribution(self, continuous: torch.Tensor, embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.model_.encoder.forward_embedded(continuous, embedded)
         return embedding, self.model_.forward_embedding(embedding)
+
+
+def align_embeddings(source: np.ndarray, target: np.ndarray, *, ridge: float = 1e-3) -> Callable[[np.ndarray], np.ndarray]:
+    """Fit an affine map from one network's embedding space onto another's.
+
+    Two networks trained on the same task learn embeddings in unrelated bases, so a head
+    fitted on one network's embeddings cannot read another's. Given both networks'
+    embeddings of the same subjects, ``(n, d)`` each, this fits ``target ≈ source @ W + b``
+    by ridge-regularised least squares and returns the map.
+
+    Parameters
+    ----------
+    ridge
+        Penalty relative to the mean variance of ``source``, for stability when ``n`` is
+        small or embedding dimensions are collinear.
+    """
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    centred = source - source_mean
+    penalty = ridge * max(float(centred.var(axis=0).mean()), 1e-12) * len(source)
+    gram = centred.T @ centred + penalty * np.eye(source.shape[1])
+    weights = np.linalg.solve(gram, centred.T @ (target - target_mean))  # (d_source, d_target)
+
+    def apply(embedding: np.ndarray) -> np.ndarray:
+        return ((np.asarray(embedding, np.float64) - source_mean) @ weights + target_mean).astype(np.float32)
+
+    return apply
 
 
 def make_learner(name: str, config: Any, source: Any, task: Task, seed: int,
