@@ -9,9 +9,9 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "DataWarning",
     "FusionError",
     "FusionWarning",
-    "DataWarning",
     "MetricWarning",
 ]
 

@@ -18,14 +18,14 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -45,7 +45,7 @@ from .evaluation import (
     summarize_folds,
 )
 from .explain import feature_attributions, modality_shapley
-from .strategies._late import FusionInputs, fit_head, predict_head, stack_outputs
+from .strategies._late import fit_head, predict_head, stack_outputs
 from .strategies._unimodal import ModalityOutputs, UnimodalLearner, align_embeddings, make_learner
 from .training import single_thread
 from .tuning import best_params, tune_head
@@ -436,7 +436,7 @@ def _write_fold(fold_dir: Path, result: dict[str, Any], repeat: int, fold: int) 
 def _read_fold(fold_dir: Path) -> dict[str, Any]:
     import json
 
-    read = lambda name: pd.read_csv(fold_dir / name, dtype={"subject_id": str})  # noqa: E731
+    read = lambda name: pd.read_csv(fold_dir / name, dtype={"subject_id": str})
     done = json.loads((fold_dir / "done.json").read_text())
     return {
         "predictions": read("predictions.csv").set_index("subject_id"),

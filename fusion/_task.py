@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-__all__ = ["Task", "TaskKind", "TARGET_COLUMNS"]
+__all__ = ["TARGET_COLUMNS", "Task", "TaskKind"]
 
 TaskKind = Literal["binary", "multiclass", "regression", "survival"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -58,7 +58,7 @@ class ImagingEncoderConfig(_Section):
     stem_stride: int = Field(2, ge=1)
 
     @pydantic.model_validator(mode="after")
-    def _check_stages(self) -> "ImagingEncoderConfig":
+    def _check_stages(self) -> ImagingEncoderConfig:
         # MONAI's ResNet has exactly four stages; DenseNet takes any number of blocks.
         if self.network == "resnet" and (len(self.layers) != 4 or len(self.widths) != 4):
             raise ValueError(
@@ -124,7 +124,7 @@ class ClinicalConfig(_Section):
 
 
 ModalityConfig = Annotated[
-    Union[ImagingConfig, OmicsConfig, ClinicalConfig], Field(discriminator="kind")
+    ImagingConfig | OmicsConfig | ClinicalConfig, Field(discriminator="kind")
 ]
 
 
@@ -139,7 +139,7 @@ class TargetConfig(_Section):
     event: str | None = None
 
     @pydantic.model_validator(mode="after")
-    def _check_columns(self) -> "TargetConfig":
+    def _check_columns(self) -> TargetConfig:
         if self.kind == "survival":
             if self.time is None or self.event is None:
                 raise ValueError("a survival target needs both 'time' and 'event' columns")
@@ -195,7 +195,7 @@ class FusionConfig(_Section):
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
 
     @pydantic.model_validator(mode="after")
-    def _check_consistency(self) -> "FusionConfig":
+    def _check_consistency(self) -> FusionConfig:
         outcome = set(self.target.columns)
         for name, modality in self.modalities.items():
             if isinstance(modality, ClinicalConfig):
@@ -226,7 +226,7 @@ class FusionConfig(_Section):
             raise ValueError("target.table is required when no clinical modality is configured")
         return self
 
-    def resolve_paths(self, base: Path) -> "FusionConfig":
+    def resolve_paths(self, base: Path) -> FusionConfig:
         """Return a copy whose relative paths are made absolute against ``base``."""
         data = self.model_dump()
 

@@ -10,7 +10,7 @@ from fusion.cli import cli
 
 
 def _fusion(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fusion.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "fusion.cli", *args], check=False, capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "demo"])

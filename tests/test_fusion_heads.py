@@ -7,7 +7,15 @@ import torch
 
 from fusion import Task
 from fusion.explain import modality_shapley
-from fusion.strategies import HEADS, FusionInputs, ModalityOutputs, fit_head, make_head, predict_head, stack_outputs
+from fusion.strategies import (
+    HEADS,
+    FusionInputs,
+    ModalityOutputs,
+    fit_head,
+    make_head,
+    predict_head,
+    stack_outputs,
+)
 
 
 def _inputs(n=30, dims=(4, 3, 5), seed=0, missing=0.3):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ class ClinicalSource:
         return self.table.index
 
 
-Source = Union[ImagingSource, OmicsSource, ClinicalSource]
+Source = ImagingSource | OmicsSource | ClinicalSource
 
 
 @dataclasses.dataclass
@@ -203,7 +203,7 @@ def _alignment_report(target: pd.DataFrame, excluded: int, sources: dict[str, So
     availability = pd.DataFrame(index=subjects)
     report: dict[str, Any] = {
         "n_subjects": int(len(subjects) + excluded),
-        "n_with_target": int(len(subjects)),
+        "n_with_target": len(subjects),
         "excluded_without_target": int(excluded),
         "modalities": {},
     }
@@ -219,7 +219,7 @@ def _alignment_report(target: pd.DataFrame, excluded: int, sources: dict[str, So
             )
         availability[name] = subjects.isin(ids)
         report["modalities"][name] = {
-            "n_present": int(len(overlap)),
+            "n_present": len(overlap),
             "only_here": sorted(map(str, ids.difference(subjects))),
             "missing_here": sorted(map(str, subjects.difference(ids))),
         }

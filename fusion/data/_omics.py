@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import anndata as ad
 import numpy as np
@@ -22,7 +22,7 @@ def _read_h5ad(path: Path, *, modality: str) -> ad.AnnData:
         raise DataError(f"omics modality '{modality}': file not found: {path}")
     try:
         adata = ad.read_h5ad(path)
-    except Exception as exc:  # h5py and anndata raise many unrelated types for a bad file
+    except Exception as exc:  # noqa: BLE001 - h5py and anndata raise many unrelated types for a bad file
         logger.debug("reading %s failed", path, exc_info=True)
         raise DataError(
             f"omics modality '{modality}': {path} is not a readable .h5ad file "

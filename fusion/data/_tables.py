@@ -9,7 +9,7 @@ import pandas as pd
 
 from .._errors import DataError
 
-__all__ = ["read_table", "closest", "check_unique_ids"]
+__all__ = ["check_unique_ids", "closest", "read_table"]
 
 
 def closest(name: str, options: list[str]) -> str:

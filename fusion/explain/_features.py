@@ -9,7 +9,6 @@ and summed back to one score per column, because integer codes cannot be interpo
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 from captum.attr import IntegratedGradients

@@ -46,7 +46,7 @@ class OmicsPreprocessor:
         self.pca_components = pca_components
         self.modality = modality
 
-    def fit(self, data: pd.DataFrame) -> "OmicsPreprocessor":
+    def fit(self, data: pd.DataFrame) -> OmicsPreprocessor:
         """Fit on ``data`` (training subjects x features)."""
         values = data.to_numpy(dtype=np.float32)
         variance = values.var(axis=0)

@@ -18,7 +18,8 @@ attribution, always takes the same path:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ from ..training import seed_everything, single_thread, target_tensor
 from ..training._losses import task_loss
 from ._unimodal import ModalityOutputs
 
-__all__ = ["FusionHead", "FusionInputs", "HEADS", "fit_head", "make_head", "stack_outputs"]
+__all__ = ["HEADS", "FusionHead", "FusionInputs", "fit_head", "make_head", "stack_outputs"]
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ class FusionInputs:
     scores: list[torch.Tensor]      # each (n, k)
     mask: torch.Tensor              # (n, M) float, 1 = present
 
-    def subset(self, subject_ids: pd.Index) -> "FusionInputs":
+    def subset(self, subject_ids: pd.Index) -> FusionInputs:
         rows = torch.as_tensor(self.subject_ids.get_indexer(subject_ids))
         if (rows < 0).any():
             raise KeyError(f"subjects not in these fusion inputs: {list(subject_ids[rows.numpy() < 0][:5])}")
@@ -56,7 +57,7 @@ class FusionInputs:
             mask=self.mask[rows],
         )
 
-    def with_mask(self, mask: torch.Tensor) -> "FusionInputs":
+    def with_mask(self, mask: torch.Tensor) -> FusionInputs:
         return dataclasses.replace(self, mask=mask)
 
 

@@ -11,8 +11,10 @@ Every learner has the same interface whatever the modality:
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,8 +31,6 @@ from ..encoders._imaging import ImagingEncoder
 from ..encoders._omics import OmicsEncoder
 from ..preprocessing._clinical import ClinicalPreprocessor
 from ..preprocessing._omics import OmicsPreprocessor
-import contextlib
-
 from ..training import seed_everything, single_thread, target_tensor, train_network
 
 __all__ = ["AttributionInputs", "ModalityOutputs", "UnimodalLearner", "align_embeddings", "make_learner"]
@@ -117,12 +117,12 @@ class UnimodalLearner(abc.ABC):
     def _threads(self) -> contextlib.AbstractContextManager:
         return single_thread() if self.small_network else contextlib.nullcontext()
 
-    def fit(self, subject_ids: pd.Index, target: pd.DataFrame) -> "UnimodalLearner":
+    def fit(self, subject_ids: pd.Index, target: pd.DataFrame) -> UnimodalLearner:
         """Fit preprocessing and network on ``subject_ids`` (rows of ``target``)."""
         with self._threads():
             return self._fit(subject_ids, target)
 
-    def _fit(self, subject_ids: pd.Index, target: pd.DataFrame) -> "UnimodalLearner":
+    def _fit(self, subject_ids: pd.Index, target: pd.DataFrame) -> UnimodalLearner:
         generator = seed_everything(self.seed)
         self._fit_preprocessing(subject_ids)
         self.model_ = _TaskHeadModel(self._build_encoder(), self.task.output_dim)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ import torch
 from .._task import Task
 from ._losses import task_loss
 
-__all__ = ["seed_everything", "single_thread", "train_network", "target_tensor"]
+__all__ = ["seed_everything", "single_thread", "target_tensor", "train_network"]
 
 
 @contextlib.contextmanager
@@ -46,7 +46,7 @@ def seed_everything(seed: int) -> torch.Generator:
     return generator
 
 
-def target_tensor(task: Task, target: "np.ndarray") -> torch.Tensor:
+def target_tensor(task: Task, target: np.ndarray) -> torch.Tensor:
     """Convert a target array (``(n,)`` or survival ``(n, 2)``) to the tensor the loss expects."""
     if task.kind == "multiclass":
         return torch.as_tensor(target, dtype=torch.long)
