@@ -85,8 +85,23 @@ def validate_command(config: Path) -> None:
     splits = make_splits(cohort.target, cohort.task, n_folds=settings.evaluation.outer_folds,
                          seed=settings.seed, groups=cohort.groups, repeats=1,
                          leave_one_group_out=bool(settings.groups and settings.groups.leave_one_group_out))
-    counts = splits.groupby("fold").size()
-    click.echo("folds: " + ", ".join(f"{fold}: {n} subjects" for fold, n in counts.items()))
+    target = cohort.target.loc[splits["subject_id"]]
+    target = target.assign(fold=splits["fold"].to_numpy())
+    if cohort.task.kind == "survival":
+        click.echo(f"target: survival, {int(cohort.target['event'].sum())} events in {len(cohort.target)} subjects")
+        per_fold = target.groupby("fold")["event"].agg(["size", "sum"])
+        lines = [f"{fold}: {size} subjects, {events} events" for fold, (size, events) in per_fold.iterrows()]
+    elif cohort.task.is_classification:
+        counts = cohort.target["y"].value_counts().sort_index()
+        click.echo(f"target: {cohort.task.kind}, class counts " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        per_fold = target.groupby("fold")["y"].value_counts().unstack(fill_value=0)
+        lines = [f"{fold}: " + ", ".join(f"class {k}: {v}" for k, v in row.items()) for fold, row in per_fold.iterrows()]
+    else:
+        click.echo(f"target: regression, mean {cohort.target['y'].mean():.3g}, sd {cohort.target['y'].std():.3g}")
+        lines = [f"{fold}: {size} subjects" for fold, size in target.groupby("fold").size().items()]
+    click.echo("outer folds:")
+    for line in lines:
+        click.echo(f"  {line}")
     click.echo("no errors found")
 
 
