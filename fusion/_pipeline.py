@@ -205,6 +205,16 @@ def _load_volumes(cohort: Cohort, config: FusionConfig, timer: _Timer) -> dict[s
     return volumes
 
 
+def make_outer_splits(config: FusionConfig, cohort: Cohort, *, repeats: int | None = None) -> pd.DataFrame:
+    """Make the outer folds the config asks for; leave-one-group-out ignores ``outer_folds``."""
+    by_group = bool(config.groups and config.groups.leave_one_group_out)
+    return make_splits(
+        cohort.target, cohort.task, n_folds=None if by_group else config.evaluation.outer_folds,
+        seed=config.seed, groups=cohort.groups, leave_one_group_out=by_group,
+        repeats=config.evaluation.repeats if repeats is None else repeats,
+    )
+
+
 def _fold_seed(config: FusionConfig, repeat: int, fold: int) -> int:
     return config.seed + 1000 * repeat + 10 * fold
 
@@ -367,11 +377,7 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
             if set(splits["subject_id"]) != set(cohort.subject_ids):
                 raise DataError(f"{splits_path} does not list the cohort's subjects; the inputs changed since the run started")
         else:
-            splits = make_splits(
-                cohort.target, cohort.task, n_folds=config.evaluation.outer_folds, seed=config.seed,
-                groups=cohort.groups, repeats=config.evaluation.repeats,
-                leave_one_group_out=bool(config.groups and config.groups.leave_one_group_out),
-            )
+            splits = make_outer_splits(config, cohort)
             write_csv(splits_path, splits.reset_index(drop=True))
 
         volumes = _load_volumes(cohort, config, timer)

@@ -72,7 +72,7 @@ def validate_command(config: Path) -> None:
     """Check CONFIG and its inputs without training: alignment, target balance and folds."""
     from .config import load_config
     from .data._cohort import build_cohort
-    from .evaluation import make_splits
+    from ._pipeline import make_outer_splits
 
     settings = load_config(config)
     cohort = build_cohort(settings)
@@ -82,9 +82,7 @@ def validate_command(config: Path) -> None:
     for name, entry in alignment["modalities"].items():
         click.echo(f"  {name}: {entry['n_present']} present, {len(entry['missing_here'])} missing, "
                    f"{len(entry['only_here'])} id(s) only in this source")
-    splits = make_splits(cohort.target, cohort.task, n_folds=settings.evaluation.outer_folds,
-                         seed=settings.seed, groups=cohort.groups, repeats=1,
-                         leave_one_group_out=bool(settings.groups and settings.groups.leave_one_group_out))
+    splits = make_outer_splits(settings, cohort, repeats=1)
     target = cohort.target.loc[splits["subject_id"]]
     target = target.assign(fold=splits["fold"].to_numpy())
     if cohort.task.kind == "survival":

@@ -129,7 +129,12 @@ ModalityConfig = Annotated[
 
 
 class TargetConfig(_Section):
-    """The outcome: one column, or ``time`` and ``event`` for survival."""
+    """The outcome: one column, or ``time`` and ``event`` for survival.
+
+    ``outcome_columns`` names further outcome columns of the tables (another endpoint,
+    follow-up status) that must never become inputs. Config validation rejects any of them
+    listed as a feature, and column-type inference leaves them out.
+    """
 
     table: Path | None = None
     id_column: str = "subject_id"
@@ -137,6 +142,7 @@ class TargetConfig(_Section):
     column: str | None = None
     time: str | None = None
     event: str | None = None
+    outcome_columns: list[str] = Field(default_factory=list)
 
     @pydantic.model_validator(mode="after")
     def _check_columns(self) -> TargetConfig:
@@ -152,6 +158,11 @@ class TargetConfig(_Section):
     @property
     def columns(self) -> list[str]:
         return [self.time, self.event] if self.kind == "survival" else [self.column]
+
+    @property
+    def forbidden_inputs(self) -> list[str]:
+        """Target columns plus ``outcome_columns``: columns no modality may use as input."""
+        return list(dict.fromkeys(self.columns + self.outcome_columns))
 
 
 class GroupsConfig(_Section):
@@ -196,7 +207,7 @@ class FusionConfig(_Section):
 
     @pydantic.model_validator(mode="after")
     def _check_consistency(self) -> FusionConfig:
-        outcome = set(self.target.columns)
+        outcome = set(self.target.forbidden_inputs)
         for name, modality in self.modalities.items():
             if isinstance(modality, ClinicalConfig):
                 listed = set(modality.categorical or []) | set(modality.continuous or [])

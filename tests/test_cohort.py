@@ -107,6 +107,27 @@ def test_outcome_as_feature_is_rejected(tmp_path, rng):
         load_config(config_path)
 
 
+def test_declared_outcome_column_is_rejected(tmp_path, rng):
+    config_path = _write_cohort(tmp_path, rng)
+    config = yaml.safe_load(config_path.read_text())
+    config["target"]["outcome_columns"] = ["age"]
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"outcome column\(s\) \['age'\]"):
+        load_config(config_path)
+
+
+def test_parquet_table_reads_like_csv(tmp_path, rng):
+    config_path = _write_cohort(tmp_path, rng)
+    pd.read_csv(tmp_path / "clinical.csv").to_parquet(tmp_path / "clinical.parquet")
+    config = yaml.safe_load(config_path.read_text())
+    config["modalities"]["clinical"]["table"] = "clinical.parquet"
+    config["target"]["table"] = "clinical.parquet"
+    config_path.write_text(yaml.safe_dump(config))
+    from_parquet = build_cohort(load_config(config_path))
+    from_csv = build_cohort(load_config(_write_cohort(tmp_path, np.random.default_rng(0))))
+    assert from_parquet.alignment == from_csv.alignment
+
+
 def test_unknown_key_suggests_closest(tmp_path, rng):
     config_path = _write_cohort(tmp_path, rng)
     config = yaml.safe_load(config_path.read_text())

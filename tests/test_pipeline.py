@@ -227,3 +227,22 @@ def test_other_tasks_end_to_end(task, backbone, tmp_path):
     total = contributions[["expression", "clinical"]].sum(axis=1)
     np.testing.assert_allclose(total, contributions["prediction"] - contributions["baseline"], atol=1e-4)
     assert (result.run_dir / "report.html").is_file()
+
+
+def test_leave_one_site_out(demo, tmp_path):
+    config = yaml.safe_load((demo.root / "config.yaml").read_text())
+    config["groups"] = {"column": "site", "leave_one_group_out": True}
+    (demo.root / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        small = _small_config(demo.root, imaging=False, name="by_site")
+    finally:
+        del config["groups"]
+        (demo.root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run(small, tmp_path / "run", report=False)
+
+    splits = pd.read_csv(result.run_dir / "splits.csv", dtype={"subject_id": str})
+    sites = pd.read_csv(demo.root / "clinical.csv", dtype={"subject_id": str}).set_index("subject_id")["site"]
+    splits["site"] = sites.loc[splits["subject_id"]].to_numpy()
+    assert splits["fold"].nunique() == sites.nunique()
+    assert (splits.groupby("fold")["site"].nunique() == 1).all()
+    assert (splits.groupby("site")["fold"].nunique() == 1).all()

@@ -255,7 +255,7 @@ def build_cohort(config: FusionConfig) -> Cohort:
             raise DataError(f"groups: column '{column}' is empty for {int(groups.isna().sum())} subject(s), e.g. {missing}")
         groups = groups.astype(str)
 
-    exclude = set(config.target.columns) | ({config.groups.column} if config.groups else set())
+    exclude = set(config.target.forbidden_inputs) | ({config.groups.column} if config.groups else set())
     sources = {
         name: _make_source(name, modality, config, tables, exclude)
         for name, modality in config.modalities.items()
