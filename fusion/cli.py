@@ -70,9 +70,9 @@ def run_command(config: Path, out: Path | None, resume: bool, overwrite: bool, n
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 def validate_command(config: Path) -> None:
     """Check CONFIG and its inputs without training: alignment, target balance and folds."""
+    from ._pipeline import make_outer_splits
     from .config import load_config
     from .data._cohort import build_cohort
-    from ._pipeline import make_outer_splits
 
     settings = load_config(config)
     cohort = build_cohort(settings)
