@@ -64,13 +64,18 @@ class RunResult:
 
 
 class _Timer:
+    """Accumulate the wall time of named stages; show the current one on a progress bar."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.progress: Any = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         logger.info("stage '%s' started", name)
+        if self.progress is not None:
+            self.progress.set_postfix_str(name)
         try:
             yield
         finally:
@@ -385,7 +390,8 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
 
         fold_results = []
         fold_list = [(r, f, tr, te) for r in range(config.evaluation.repeats) for f, tr, te in iter_folds(splits, r)]
-        for repeat, fold, train_ids, test_ids in tqdm(fold_list, desc="outer folds", unit="fold"):
+        timer.progress = tqdm(fold_list, desc="outer folds", unit="fold")
+        for repeat, fold, train_ids, test_ids in timer.progress:
             fold_dir = run_dir / "folds" / f"repeat{repeat}-fold{fold}"
             done = fold_dir / "done.json"
             if done.is_file():
@@ -396,6 +402,7 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
             _write_fold(fold_dir, result, repeat, fold)
             fold_results.append(_read_fold(fold_dir))
 
+        timer.progress = None
         predictions = pd.concat([r["predictions"] for r in fold_results])
         predictions = cohort.target.join(predictions, how="inner")
         models = ["fused", *cohort.modalities]
