@@ -39,7 +39,7 @@ def _small_config(cohort_root, *, imaging: bool, name: str = "small"):
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     return make_demo_cohort(root / "cohort", task="binary", n_subjects=48, volume_shape=(12, 12, 8),
-                            n_genes=30, seed=3)
+                            n_genes=30, n_signal_genes=5, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_real_cohort_subset_end_to_end(shared_data, tmp_path):
 @pytest.mark.parametrize(("task", "backbone"), [("regression", "GANDALF"), ("multiclass", "FTTransformer")])
 def test_other_tasks_end_to_end(task, backbone, tmp_path):
     cohort = make_demo_cohort(tmp_path / "cohort", task="regression", n_subjects=45, volume_shape=(12, 12, 8),
-                              n_genes=20, seed=5)
+                              n_genes=20, n_signal_genes=5, seed=5)
     config = yaml.safe_load((cohort.root / "config.yaml").read_text())
     if task == "multiclass":
         clinical = pd.read_csv(cohort.root / "clinical.csv")
