@@ -70,7 +70,8 @@ GROUND_TRUTH_PATH = "ground_truth.json"
 CONFIG_PATH = "config.yaml"
 
 # Generation constants, all recorded in ground_truth.json under "generation".
-STAGE_EFFECT = {1: 0.0, 2: 0.6, 3: 1.5}
+# Stage carries about 40% of the variance of z(age) + stage effect, and age the rest.
+STAGE_EFFECT = {1: 0.0, 2: 1.0, 3: 2.0}
 STAGE_PROBABILITIES = (0.4, 0.35, 0.25)
 SMOKER_LEVELS = ("never", "former", "current")
 SMOKER_PROBABILITIES = (0.5, 0.3, 0.2)
@@ -179,15 +180,17 @@ def make_demo_cohort(
       ``response`` (0/1) for binary, ``os_days`` and ``os_event`` (1 = death observed) for
       survival, ``score`` for regression.
     * ``ground_truth.json``: see :class:`DemoCohort`; ``files`` lists every file written.
-    * ``config.yaml``: a small, fast fusion config for this cohort.
+    * ``config.yaml``: a fusion config for this cohort whose settings let each encoder learn
+      its modality from 120 subjects (measured results: ``docs/attribution-validation.md``).
 
     Parameters
     ----------
     root
         Output folder. It must be absent or empty unless ``overwrite`` is True.
     task
-        Outcome type: ``binary``, ``survival`` (exponential times, about 30% censored) or
-        ``regression``.
+        Outcome type: ``binary`` (``P(response = 1) = sigmoid(2 * eta)``), ``survival``
+        (exponential times with hazard proportional to ``exp(eta)``, about 30% censored) or
+        ``regression`` (``eta`` plus standard normal noise).
     n_subjects
         Number of subjects, at least 10.
     strengths
@@ -809,8 +812,9 @@ def _config_dict(task: str, seed: int, volume_shape: tuple[int, int, int]) -> di
                 "spatial_size": [int(size) for size in volume_shape],
                 "normalize": "zscore_nonzero",
                 "encoder": {
-                    # A two-block DenseNet with growth rate 8 learned the lesion volume
-                    # better than a four-stage ResNet on 80 training subjects.
+                    # A two-block DenseNet with growth rate 8 learned the lesion volume better
+                    # than a four-stage ResNet from 80 training subjects: held-out predictions
+                    # correlated 0.82 against 0.58 with the volume term (regression outcome).
                     "network": "densenet",
                     "layers": [2, 2],
                     "widths": [8],

@@ -91,7 +91,7 @@ class OmicsPreprocessor:
             sc.pp.pca(adata, n_comps=n_components, zero_center=True, random_state=0)
             # Scaled data are centred already; keep the PCA centre for unscaled data.
             self.pca_mean_ = np.asarray(adata.X.mean(axis=0), dtype=np.float32)
-            self.components_ = np.asarray(adata.varm["PCs"], dtype=np.float32)  # (features, k)
+            self.components_ = np.ascontiguousarray(adata.varm["PCs"], dtype=np.float32)  # (features, k)
         return self
 
     def transform_features(self, data: pd.DataFrame) -> np.ndarray:
