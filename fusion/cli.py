@@ -111,7 +111,9 @@ def validate_command(config: Path) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator and the run.")
 @click.option("--run/--no-run", "run_after", default=True, show_default=True,
               help="Run the main job on the cohort after writing it.")
-def demo_command(directory: Path, task: str, subjects: int, seed: int, run_after: bool) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier demo cohort in DIRECTORY (only the files it wrote) and move its run aside.")
+def demo_command(directory: Path, task: str, subjects: int, seed: int, run_after: bool, overwrite: bool) -> None:
     """Write a synthetic cohort with known ground truth to DIRECTORY and run the main job on it.
 
     The cohort is written as real files (NIfTI volumes with a manifest, an .h5ad file, a
@@ -122,7 +124,7 @@ def demo_command(directory: Path, task: str, subjects: int, seed: int, run_after
     from .config import load_config
     from .datasets import make_demo_cohort
 
-    cohort = make_demo_cohort(directory, task=task, n_subjects=subjects, seed=seed)
+    cohort = make_demo_cohort(directory, task=task, n_subjects=subjects, seed=seed, overwrite=overwrite)
     click.echo(f"demo cohort written to {cohort.root} (config: {cohort.config_path})")
     if not run_after:
         return

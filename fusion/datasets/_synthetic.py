@@ -386,7 +386,7 @@ def _prepare_root(root: Path, *, overwrite: bool) -> None:
         first_entries = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
         raise FusionError(
             f"demo cohort root {root} is not empty (contains {first_entries}); choose an empty or new "
-            "folder, or pass overwrite=True to replace the files of an earlier demo cohort there"
+            "folder, or pass overwrite=True (fusion demo --overwrite) to replace the files of an earlier demo cohort there"
         )
     if entries:
         _delete_listed_files(root, _earlier_demo_files(root))
