@@ -2,7 +2,7 @@
 
 Each modality (3D imaging, omics, clinical tables) gets its own encoder; a late-fusion
 head tuned with Optuna combines them; Captum and exact Shapley values over modalities
-say how much each modality and each feature contributed.
+measure how much each modality and each feature contributed.
 """
 
 from ._errors import ConfigError, DataError, DataWarning, FusionError, FusionWarning, MetricWarning

@@ -3,8 +3,8 @@
 For each outer fold:
 
 1. every modality's learner is cross-fitted inside the training part (``inner_folds``),
-   so each training subject gets out-of-fold embeddings and scores, and a learner fitted
-   on the whole training part produces the test subjects' outputs; both are cached;
+   so each training subject gets out-of-fold embeddings and scores. A learner fitted on
+   the whole training part produces the test subjects' outputs. Both are cached;
 2. Optuna tunes the late-fusion head on the cached training outputs (inner CV);
 3. the best head is refitted on all training outputs and predicts the test subjects;
 4. modality Shapley values and feature attributions are computed for the test subjects.
@@ -211,7 +211,7 @@ def _load_volumes(cohort: Cohort, config: FusionConfig, timer: _Timer) -> dict[s
 
 
 def make_outer_splits(config: FusionConfig, cohort: Cohort, *, repeats: int | None = None) -> pd.DataFrame:
-    """Make the outer folds the config asks for; leave-one-group-out ignores ``outer_folds``."""
+    """Make the configured outer folds; leave-one-group-out ignores ``outer_folds``."""
     by_group = bool(config.groups and config.groups.leave_one_group_out)
     return make_splits(
         cohort.target, cohort.task, n_folds=None if by_group else config.evaluation.outer_folds,
@@ -259,7 +259,7 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
         study = tune_head(train_inputs, cohort.target, task, heads=config.tuning.heads, folds=folds,
                           n_trials=config.tuning.n_trials, epochs=config.tuning.epochs, seed=seed,
                           storage=storage, study_name=f"{config.name}-repeat{repeat}-fold{fold}")
-        params = best_params(study, config.tuning.heads)
+        params = best_params(study)
         head = fit_head(train_inputs, cohort.target, task, params, epochs=config.tuning.epochs, seed=seed)
         fused = predict_head(head, test_inputs)
 
@@ -311,10 +311,14 @@ def _add_scores(frame: pd.DataFrame, model: str, scores: np.ndarray, task: Task)
         frame[f"score_{model}"] = np.asarray(scores, dtype=float).reshape(-1)
 
 
-def _model_scores(predictions: pd.DataFrame, model: str, task: Task) -> np.ndarray:
+def _scored_rows(predictions: pd.DataFrame, model: str, task: Task) -> tuple[pd.Index, np.ndarray]:
+    """Return the subjects ``model`` scored (its modality present) and their scores."""
     if task.kind == "multiclass":
-        return predictions[[c for c in predictions.columns if c.startswith(f"score_{model}_")]].to_numpy()
-    return predictions[f"score_{model}"].to_numpy()
+        scores = predictions[[c for c in predictions.columns if c.startswith(f"score_{model}_")]].to_numpy()
+    else:
+        scores = predictions[f"score_{model}"].to_numpy()
+    present = ~np.isnan(scores.reshape(len(predictions), -1)).any(axis=1)
+    return predictions.index[present], scores[present]
 
 
 # Metrics bounded by [0, 1]; a t interval over few folds can cross the bounds otherwise.
@@ -336,25 +340,20 @@ def _evaluate(cohort: Cohort, predictions: pd.DataFrame, models: list[str], seed
     for model in models:
         per_fold = []
         for (repeat, fold), part in predictions.groupby(["repeat", "fold"]):
-            scores = _model_scores(part, model, task)
-            present = ~np.isnan(scores.reshape(len(part), -1)).any(axis=1)
-            ids = part.index[present]
+            ids, scores = _scored_rows(part, model, task)
             train_target = target.drop(index=part.index)
-            metrics = compute_metrics(task, target.loc[ids], scores[present], train_target=train_target)
-            per_fold.append({"repeat": int(repeat), "fold": int(fold), "n": int(present.sum()), **metrics})
+            metrics = compute_metrics(task, target.loc[ids], scores, train_target=train_target)
+            per_fold.append({"repeat": int(repeat), "fold": int(fold), "n": len(ids), **metrics})
         metric_names = [k for k in per_fold[0] if k not in ("repeat", "fold", "n")]
         summary = {m: _clip_interval(m, summarize_folds([row[m] for row in per_fold])) for m in metric_names}
 
-        pooled_part = predictions[predictions["repeat"] == 0]
-        scores = _model_scores(pooled_part, model, task)
-        present = ~np.isnan(scores.reshape(len(pooled_part), -1)).any(axis=1)
-        ids = pooled_part.index[present]
-        pooled = compute_metrics(task, target.loc[ids], scores[present], train_target=target)
+        ids, scores = _scored_rows(predictions[predictions["repeat"] == 0], model, task)
+        pooled = compute_metrics(task, target.loc[ids], scores, train_target=target)
         primary = PRIMARY_METRIC[task.kind]
-        low, high = bootstrap_ci(task, target.loc[ids], scores[present], primary, seed=seed)
+        low, high = bootstrap_ci(task, target.loc[ids], scores, primary, seed=seed)
         result["models"][model] = {
             "kind": "fused" if model == "fused" else "unimodal",
-            "n_subjects": int(present.sum()),
+            "n_subjects": len(ids),
             "per_fold": per_fold,
             "summary": summary,
             "pooled": pooled,
@@ -430,18 +429,12 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
 
 
 def _write_fold(fold_dir: Path, result: dict[str, Any], repeat: int, fold: int) -> None:
-    predictions = result["predictions"].copy()
-    predictions.insert(0, "fold", fold)
-    predictions.insert(1, "repeat", repeat)
-    write_csv(fold_dir / "predictions.csv", predictions, index=True)
-    contributions = result["contributions"].copy()
-    contributions.insert(0, "fold", fold)
-    contributions.insert(1, "repeat", repeat)
-    write_csv(fold_dir / "contributions.csv", contributions, index=True)
-    attributions = result["attributions"].copy()
-    attributions.insert(1, "fold", fold)
-    attributions.insert(2, "repeat", repeat)
-    write_csv(fold_dir / "attributions.csv", attributions)
+    # Predictions and contributions are indexed by subject; attributions keep it as column 0.
+    for key, position, index in (("predictions", 0, True), ("contributions", 0, True), ("attributions", 1, False)):
+        frame = result[key].copy()
+        frame.insert(position, "fold", fold)
+        frame.insert(position + 1, "repeat", repeat)
+        write_csv(fold_dir / f"{key}.csv", frame, index=index)
     # Written last: its presence marks the fold as finished.
     write_json(fold_dir / "done.json", {"tuning": result["tuning"], "n_parameters": result["n_parameters"]})
 

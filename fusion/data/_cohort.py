@@ -1,14 +1,13 @@
 """The cohort: one subject index, the target, groups and every modality's source.
 
 Subjects are aligned by id, never by row position. A subject enters the cohort when it
-has a target; each modality records which of those subjects it has (the availability
+has a target. Each modality records which of those subjects it has (the availability
 mask), and a subject missing some modalities is kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +273,3 @@ def build_cohort(config: FusionConfig) -> Cohort:
         )
     return Cohort(task=task, target=target, groups=groups, sources=sources, availability=availability, alignment=alignment)
 
-
-def save_alignment(cohort: Cohort, path: Path) -> None:
-    """Write the alignment report as JSON."""
-    path.write_text(json.dumps(cohort.alignment, indent=2))

@@ -2,9 +2,9 @@
 
 For modality ``m`` the attributed function is: its attributable inputs, through its
 encoder and task head, into the fusion head, with every other modality held at the
-subject's cached outputs. Omics features are named by ``var_names``; clinical columns by
-their original names, and categorical columns are attributed at their embedding output
-and summed back to one score per column, because integer codes cannot be interpolated.
+subject's cached outputs. Omics features are named by ``var_names`` and clinical columns
+by their original names. Categorical columns are attributed at their embedding output and
+summed back to one score per column, because integer codes cannot be interpolated.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Fold-fitted omics preprocessing with scanpy.
 
-``fit`` sees the training subjects of one fold only. scanpy fits the statistics
-(``sc.pp.scale`` stores each feature's mean and standard deviation in ``var``,
-``sc.pp.pca`` stores the loadings in ``varm['PCs']``); ``transform`` applies those
+``fit`` receives the training subjects of one fold only, and scanpy fits the statistics:
+``sc.pp.scale`` stores each feature's mean and standard deviation in ``var``, and
+``sc.pp.pca`` stores the loadings in ``varm['PCs']``. ``transform_features`` applies those
 stored statistics to any subjects, so held-out subjects never influence them.
 """
 

@@ -57,9 +57,6 @@ class FusionInputs:
             mask=self.mask[rows],
         )
 
-    def with_mask(self, mask: torch.Tensor) -> FusionInputs:
-        return dataclasses.replace(self, mask=mask)
-
 
 def stack_outputs(subject_ids: pd.Index, outputs: dict[str, ModalityOutputs], modalities: Sequence[str],
                   dims: dict[str, tuple[int, int]]) -> FusionInputs:
@@ -186,14 +183,17 @@ class AttentionHead(FusionHead):
         self.key = nn.Linear(hidden, hidden)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, output_dim))
 
-    def attention_weights(self, embeddings: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def _tokens_and_weights(self, embeddings: list[torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokens(embeddings, mask) + self.modality_embedding     # (n, M, h)
         logits = self.key(tokens) @ self.query / tokens.shape[-1] ** 0.5     # (n, M)
-        return torch.softmax(logits, dim=1)
+        return tokens, torch.softmax(logits, dim=1)
+
+    def attention_weights(self, embeddings: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Return each subject's attention over the modalities, ``(n, M)``."""
+        return self._tokens_and_weights(embeddings, mask)[1]
 
     def fuse(self, embeddings, scores, mask):
-        tokens = self.tokens(embeddings, mask) + self.modality_embedding
-        weights = torch.softmax(self.key(tokens) @ self.query / tokens.shape[-1] ** 0.5, dim=1)
+        tokens, weights = self._tokens_and_weights(embeddings, mask)
         pooled = (weights.unsqueeze(-1) * tokens).sum(dim=1)                 # (n, h)
         return self.out(pooled)
 

@@ -20,7 +20,7 @@ def cox_partial_likelihood_loss(risk: torch.Tensor, time: torch.Tensor, event: t
     time, event
         Shape ``(n,)``; ``event`` is 1 where the event was observed, 0 where censored.
 
-    Returns 0 (with a gradient path) when the batch holds no event, because the partial
+    Returns 0 (with a gradient path) when the batch contains no event, because the partial
     likelihood has no factor then.
     """
     risk = risk.reshape(-1)

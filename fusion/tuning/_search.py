@@ -1,7 +1,7 @@
 """Optuna search over late-fusion heads, on cached encoder outputs only.
 
 A trial fits a head on cached, cross-fitted outputs and scores it by an inner
-cross-validation of the outer fold's training subjects; no trial retrains an encoder.
+cross-validation of the outer fold's training subjects. No trial retrains an encoder.
 Each outer fold has its own study in the same storage (SQLite in the run directory by
 default), named after the run and fold, so running again resumes every study.
 
@@ -99,7 +99,7 @@ def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: 
     return study
 
 
-def best_params(study: optuna.Study, heads: Sequence[str]) -> dict[str, Any]:
+def best_params(study: optuna.Study) -> dict[str, Any]:
     """Return the best trial's parameters in the form :func:`fit_head` takes."""
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
                  and t.value is not None and math.isfinite(t.value)]
