@@ -33,8 +33,10 @@ from ._errors import ConfigError, DataError
 from ._io import write_atomic, write_csv, write_json, write_npz
 from ._logging import logger
 from ._task import Task
+from .bundle._store import has_fold_learner, load_fold_learner, save_fold_head, save_fold_learner, write_bundle
 from .config import FusionConfig, ImagingConfig
-from .data._cohort import Cohort, build_cohort
+from ._preflight import preflight
+from .data._cohort import Cohort
 from .evaluation import (
     PRIMARY_METRIC,
     bootstrap_ci,
@@ -243,6 +245,8 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
                 outputs[name], learner = _crossfit(cohort, config, name, volumes.get(name, {}), train_ids, test_ids, seed)
                 if learner is not None:
                     learners[name] = learner
+                    # The model is saved before the outputs, so cached outputs imply a saved model.
+                    save_fold_learner(fold_dir, learner)
                     _save_outputs(cached, outputs[name])
         if outputs[name]:
             dims[name] = (outputs[name]["train"].embedding.shape[1], outputs[name]["train"].scores.shape[1])
@@ -262,6 +266,7 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
         params = best_params(study)
         head = fit_head(train_inputs, cohort.target, task, params, epochs=config.tuning.epochs, seed=seed)
         fused = predict_head(head, test_inputs)
+        save_fold_head(fold_dir, head, params, modalities, dims)
 
     with timer.stage("attribution"), single_thread():
         contributions = modality_shapley(head, test_inputs, seed=seed)
@@ -270,10 +275,15 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
             if not outputs[name] or not config_attributable(config, name):
                 continue
             learner = learners.get(name)
-            if learner is None:
-                # Resumed fold: refit the full learner; training is seeded, so it is the same model on the CPU.
+            if learner is None and has_fold_learner(fold_dir, name):
+                learner = load_fold_learner(fold_dir, name, config, cohort.sources[name], task, volumes.get(name, {}))
+                logger.info("fold %d: loaded the saved model of '%s'", fold, name)
+            elif learner is None:
+                # Resumed fold of an older run without a saved model: refit the full learner.
+                # Training is seeded, so it is the same model on the CPU.
                 learner = make_learner(name, config.modalities[name], cohort.sources[name], task, seed, volumes.get(name, {}))
                 learner.fit(cohort.present(name, train_ids), cohort.target)
+                save_fold_learner(fold_dir, learner)
             attributions.append(feature_attributions(head, test_inputs, learner, n_steps=config.attribution.n_steps))
 
     predictions = pd.DataFrame(index=test_ids)
@@ -366,13 +376,21 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
         report: bool = True) -> RunResult:
     """Run the main job for ``config`` into ``run_dir``; see the module docstring."""
     timer = _Timer()
+    with timer.stage("preflight"):
+        checked = preflight(config)
+    if not checked.ok:
+        first = checked.errors[0]
+        more = len(checked.errors) - 1
+        extra = f" ({more} more error(s); `fusion validate` lists them all)" if more else ""
+        raise DataError(f"{first}{extra}")
     run_dir = prepare_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     with _log_to(run_dir / "run.log"):
         logger.info("run '%s' started in %s", config.name, run_dir)
         write_atomic(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)))
+        for problem in checked.warnings:
+            logger.warning("preflight: %s", problem)
 
-        with timer.stage("cohort"):
-            cohort = build_cohort(config)
+        cohort = checked.cohort
         write_json(run_dir / "alignment.json", cohort.alignment)
 
         splits_path = run_dir / "splits.csv"
@@ -408,6 +426,8 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
         with timer.stage("evaluation"):
             metrics = _evaluate(cohort, predictions, models, config.seed)
         write_json(run_dir / "metrics.json", metrics)
+        with timer.stage("bundle"):
+            write_bundle(run_dir, config, cohort, splits, metrics)
 
         ordered = ["fold", "repeat", *cohort.target.columns]
         out = predictions[ordered + [c for c in predictions.columns if c not in ordered]].reset_index()

@@ -19,11 +19,13 @@ from ._errors import ConfigError
 
 __all__ = [
     "AttributionConfig",
+    "BenchmarkConfig",
     "ClinicalConfig",
     "EvaluationConfig",
     "FusionConfig",
     "GroupsConfig",
     "ImagingConfig",
+    "JointTrainingConfig",
     "OmicsConfig",
     "TargetConfig",
     "TrainingConfig",
@@ -192,6 +194,40 @@ class AttributionConfig(_Section):
     n_steps: int = Field(32, ge=2)
 
 
+class JointTrainingConfig(_Section):
+    """Training of the intermediate (joint) strategies: encoders and fusion layer end to end.
+
+    ``imaging: network`` trains the modality's MONAI network inside the joint model.
+    ``statistics`` feeds an MLP with per-sequence intensity statistics instead, so a joint
+    model trains in seconds instead of minutes on the CPU.
+    """
+
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(16, ge=2)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    modality_dropout: float = Field(0.2, ge=0, lt=1)
+    hidden: int = Field(16, ge=1)
+    rank: int = Field(4, ge=1)
+    imaging: Literal["network", "statistics"] = "network"
+
+
+class BenchmarkConfig(_Section):
+    """Settings of ``fusion benchmark``; every strategy shares the run's folds and encoders.
+
+    ``strategies`` lists built-in strategy names (``None`` runs them all) and may add
+    user strategies as ``"module:ClassName"``. ``missing_fractions`` are the training and
+    test fractions of the robustness curve: each modality is removed from that fraction
+    of subjects, independently per modality.
+    """
+
+    strategies: list[str] | None = None
+    missing_fractions: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.25, 0.5])
+    test_without_each_modality: bool = True
+    late_epochs: int = Field(150, ge=1)
+    joint: JointTrainingConfig = Field(default_factory=JointTrainingConfig)
+
+
 class FusionConfig(_Section):
     """A whole run: cohort sources, target, evaluation protocol, tuning and attribution."""
 
@@ -204,6 +240,7 @@ class FusionConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
     @pydantic.model_validator(mode="after")
     def _check_consistency(self) -> FusionConfig:

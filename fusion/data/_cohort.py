@@ -83,8 +83,8 @@ class Cohort:
         return subject_ids[mask]
 
 
-def _target_frame(config: FusionConfig, table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, Task, int]:
-    """Build the target frame; return it, the task and the count of subjects without target."""
+def _target_frame(config: FusionConfig, table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, Task, list[str]]:
+    """Build the target frame; return it, the task and the ids of subjects without a target."""
     target_config = config.target
     for column in target_config.columns:
         if column not in table.columns:
@@ -93,7 +93,7 @@ def _target_frame(config: FusionConfig, table: pd.DataFrame, path: Path) -> tupl
             )
     raw = table[target_config.columns]
     has_target = raw.notna().all(axis=1)
-    excluded = int((~has_target).sum())
+    excluded = list(map(str, raw.index[~has_target]))
     raw = raw[has_target]
 
     if target_config.kind == "survival":
@@ -197,13 +197,15 @@ def _make_source(name: str, config: Any, fusion_config: FusionConfig, tables: di
     return _clinical_source(name, config, table, exclude)
 
 
-def _alignment_report(target: pd.DataFrame, excluded: int, sources: dict[str, Source]) -> tuple[dict[str, Any], pd.DataFrame]:
+def _alignment_report(target: pd.DataFrame, excluded: list[str], sources: dict[str, Source],
+                      target_path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     subjects = target.index
     availability = pd.DataFrame(index=subjects)
     report: dict[str, Any] = {
-        "n_subjects": int(len(subjects) + excluded),
+        "n_subjects": int(len(subjects) + len(excluded)),
         "n_with_target": len(subjects),
-        "excluded_without_target": int(excluded),
+        "excluded_without_target": len(excluded),
+        "excluded_ids": sorted(excluded),
         "modalities": {},
     }
     for name, source in sources.items():
@@ -211,10 +213,12 @@ def _alignment_report(target: pd.DataFrame, excluded: int, sources: dict[str, So
         overlap = subjects.intersection(ids)
         if len(overlap) == 0:
             raise DataError(
-                f"modality '{name}' shares no subject id with the target table: overlap 0 of "
-                f"{len(ids)} modality ids and {len(subjects)} target ids (e.g. modality "
-                f"{list(ids[:3])} versus target {list(subjects[:3])}). Check that both use the same "
-                "id rule (same barcode length, no prefixes or suffixes)"
+                f"modality '{name}' ({_source_file(source)}) shares no subject id with the target "
+                f"table {target_path}: overlap 0 of {len(ids)} modality ids and {len(subjects)} "
+                f"target ids (e.g. modality {list(ids[:3])} versus target {list(subjects[:3])}; "
+                f"id lengths {_lengths(ids)} versus {_lengths(subjects)}). Ids are matched exactly "
+                "after stripping spaces: use the same id rule in both (same barcode length, no "
+                "prefixes or suffixes)"
             )
         availability[name] = subjects.isin(ids)
         report["modalities"][name] = {
@@ -224,6 +228,19 @@ def _alignment_report(target: pd.DataFrame, excluded: int, sources: dict[str, So
         }
     report["complete_cases"] = int(availability.all(axis=1).sum())
     return report, availability
+
+
+def _source_file(source: Source) -> str:
+    """Return the file a source was read from, for messages."""
+    if isinstance(source, ImagingSource):
+        return f"manifest {source.manifest}"
+    if isinstance(source, OmicsSource):
+        return ", ".join(str(path) for path in source.files)
+    return "clinical table"
+
+
+def _lengths(ids: pd.Index) -> list[int]:
+    return sorted({len(str(i)) for i in ids})
 
 
 def build_cohort(config: FusionConfig) -> Cohort:
@@ -238,7 +255,9 @@ def build_cohort(config: FusionConfig) -> Cohort:
     # A canonical order makes splits, batches and outputs independent of the files' row order.
     target = target.sort_index()
     if excluded:
-        logger.warning("%d subject(s) have no target value and are excluded", excluded)
+        shown = ", ".join(excluded[:5]) + (f" and {len(excluded) - 5} more" if len(excluded) > 5 else "")
+        logger.warning("%d subject(s) have no target value in %s and are excluded: %s",
+                       len(excluded), target_path, shown)
 
     groups = None
     if config.groups is not None:
@@ -259,7 +278,7 @@ def build_cohort(config: FusionConfig) -> Cohort:
         name: _make_source(name, modality, config, tables, exclude)
         for name, modality in config.modalities.items()
     }
-    alignment, availability = _alignment_report(target, excluded, sources)
+    alignment, availability = _alignment_report(target, excluded, sources, target_path)
     no_modality = availability.index[~availability.any(axis=1)]
     if len(no_modality):
         logger.warning(

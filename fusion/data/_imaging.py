@@ -4,10 +4,11 @@ A manifest table lists, per subject, one file per sequence (a column each) and o
 mask file. :meth:`ImagingSource.load` turns one subject's files into a float32 array of shape
 ``(C, *spatial_size)``, one channel per sequence, with these steps in this order:
 
-1. **Read.** MONAI ``LoadImage(image_only=True, ensure_channel_first=True)`` reads NIfTI
-   (``.nii``, ``.nii.gz``) and NRRD (``.nrrd``) into a ``MetaTensor`` of shape ``(1, X, Y, Z)``
-   that carries the file's affine. A file with more than one channel or without three spatial
-   dimensions raises :class:`~fusion._errors.DataError`.
+1. **Read.** :func:`fusion.data.read_volume` (MONAI ``LoadImage``) reads NIfTI (``.nii``,
+   ``.nii.gz``), NRRD (``.nrrd``) or a folder holding one DICOM series into a ``MetaTensor`` of
+   shape ``(1, X, Y, Z)`` that carries the affine. A file with more than one channel, a 4D
+   file, a folder with several DICOM series or a file without three spatial dimensions raises
+   :class:`~fusion._errors.DataError`.
 2. **Resample onto the reference grid.** The reference sequence (``settings.reference``,
    default the first sequence) defines the subject's grid. Every other sequence is resampled
    onto it through the two affines with MONAI ``ResampleToMatch`` (bilinear, zero outside the
@@ -68,7 +69,6 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import (
     CropForegroundd,
-    LoadImage,
     NormalizeIntensity,
     ResampleToMatch,
     Resize,
@@ -78,6 +78,8 @@ from tqdm.auto import tqdm
 
 from fusion._errors import ConfigError, DataError, DataWarning
 from fusion._logging import logger
+
+from ._volumes import check_cache_memory, read_volume
 
 __all__ = ["ImagingSettings", "ImagingSource"]
 
@@ -372,7 +374,6 @@ class ImagingSource:
         self.cache_dir = Path(cache_dir).absolute()
         self.cache_hits = 0
         self.cache_misses = 0
-        self._loader = LoadImage(image_only=True, ensure_channel_first=True)
 
         table = _read_manifest(self.manifest, modality=name)
         self._validate_table(table, id_column)
@@ -398,6 +399,11 @@ class ImagingSource:
             f"ImagingSource(name={self.name!r}, n_subjects={len(self.subject_ids)}, "
             f"sequences={list(self.settings.sequences)}, spatial_size={self.settings.spatial_size})"
         )
+
+    @property
+    def files(self) -> dict[str, dict[str, Path | None]]:
+        """Subject id -> manifest column -> absolute path (None where the cell is empty)."""
+        return {subject: dict(columns) for subject, columns in self._files.items()}
 
     @property
     def _columns(self) -> tuple[str, ...]:
@@ -452,7 +458,7 @@ class ImagingSource:
             f"{subject_id} {column}={str(path)!r}"
             for subject_id, paths in self._files.items()
             for column, path in paths.items()
-            if path is not None and not path.is_file()
+            if path is not None and not (path.is_file() or path.is_dir())
         ]
         if missing:
             msg = (
@@ -584,7 +590,14 @@ class ImagingSource:
             all subjects.
         flags : numpy.ndarray
             float32, shape ``(n, C)``.
+
+        Raises
+        ------
+        DataError
+            Before anything is read, when the stacked volumes do not fit in free memory; the
+            message gives the sizes and the fixes.
         """
+        check_cache_memory(len(subject_ids), self.output_shape, what=self.name)
         volumes = np.empty((len(subject_ids), *self.output_shape), dtype=np.float32)
         flags = np.empty((len(subject_ids), len(self.settings.sequences)), dtype=np.float32)
         bar = tqdm(
@@ -691,37 +704,11 @@ class ImagingSource:
     # Decoding
 
     def _read_volume(self, subject_id: str, column: str) -> MetaTensor:
-        """Read one file with MONAI as a (1, X, Y, Z) MetaTensor; DataError when that fails."""
+        """Read one file or DICOM folder as a (1, X, Y, Z) MetaTensor; DataError when that fails."""
         path = self._files[subject_id][column]
         where = f"{self.name}: subject {subject_id!r}, column {column!r}, file {path}"
-        try:
-            image = self._loader(path)
-        # The readers raise many unrelated types for a damaged file (EOFError, zlib.error,
-        # nibabel's ImageFileError, RuntimeError for an unknown suffix), so all are caught here.
-        except Exception as error:  # noqa: BLE001
-            logger.debug("%s: MONAI LoadImage failed", where, exc_info=True)
-            reason = str(error).splitlines()[0] if str(error) else ""
-            msg = (
-                f"{where}: MONAI could not read the file ({type(error).__name__}: {reason}). "
-                "Replace it with a complete NIfTI (.nii, .nii.gz) or NRRD (.nrrd) volume."
-            )
-            raise DataError(msg) from None
-
-        shape = tuple(image.shape)
-        if image.ndim != 4:
-            msg = (
-                f"{where}: expected one 3D volume, read as channel-first shape (1, X, Y, Z), "
-                f"but MONAI read shape {shape}. Save the file as a 3D volume."
-            )
-            raise DataError(msg)
-        if shape[0] != 1:
-            msg = (
-                f"{where}: expected 1 channel, but the file is 4D and MONAI read it as {shape[0]} "
-                f"channels or time points, channel-first shape {shape}. Save each channel as "
-                "its own 3D file and list it in its own manifest column."
-            )
-            raise DataError(msg)
-        return image
+        # Each manifest column is one channel, so every file must hold exactly one.
+        return read_volume(path, expected_channels=1, where=where)
 
     def _decode(self, subject_id: str) -> np.ndarray:
         """Run steps 1-5 of the module docstring for one subject; float32 (C, *spatial_size)."""

@@ -16,6 +16,12 @@ from ._tables import check_unique_ids
 
 __all__ = ["OmicsSource"]
 
+_OBS_NAMES_FIX = (
+    "Make obs_names unique before saving, with AnnData.obs_names_make_unique() or "
+    "anndata.concat(..., index_unique='-') when joining batches, and use the same suffixed "
+    "ids in the other sources"
+)
+
 
 def _read_h5ad(path: Path, *, modality: str) -> ad.AnnData:
     if not path.is_file():
@@ -100,7 +106,7 @@ class OmicsSource:
         for path in self.files:
             adata = _read_h5ad(path, modality=self.name)
             ids = pd.Index(adata.obs_names.astype(str).str.strip(), name="subject_id")
-            check_unique_ids(ids, what=f"omics modality '{self.name}' ({path})")
+            check_unique_ids(ids, what=f"omics modality '{self.name}' ({path})", fix=_OBS_NAMES_FIX)
             matrix, names = _matrix(adata, self.layer, modality=self.name, path=path)
             self._check_finite(matrix, ids, names, path)
             frames.append((path, pd.DataFrame(matrix, index=ids, columns=names)))

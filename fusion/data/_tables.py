@@ -18,16 +18,20 @@ def closest(name: str, options: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
-def check_unique_ids(ids: pd.Index, *, what: str) -> None:
-    """Raise DataError naming the repeated ids: a join key must be unique."""
+_TABLE_ID_FIX = (
+    "Remove the repeated rows or make the ids unique (for several scans of one patient, give "
+    "each scan its own id and declare the patient column as 'groups')"
+)
+
+
+def check_unique_ids(ids: pd.Index, *, what: str, fix: str = _TABLE_ID_FIX) -> None:
+    """Raise DataError naming the count and examples of repeated ids: a join key must be unique."""
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
         examples = ", ".join(map(str, duplicated[:5]))
         raise DataError(
             f"{what}: {len(duplicated)} subject id(s) appear more than once ({examples}); ids are "
-            "join keys and must be unique. Remove the repeated rows or make the ids unique "
-            "(for several scans of one patient, give each scan its own id and declare the "
-            "patient column as 'groups')"
+            f"join keys and must be unique. {fix}"
         )
 
 

@@ -5,19 +5,135 @@ encoder and task head, into the fusion head, with every other modality held at t
 subject's cached outputs. Omics features are named by ``var_names`` and clinical columns
 by their original names. Categorical columns are attributed at their embedding output and
 summed back to one score per column, because integer codes cannot be interpolated.
+
+:func:`integrated_gradients` is the same rule for any model with named inputs: float
+inputs are attributed as they are, integer inputs at the output of their embedding.
+Before Captum runs, every input must have the same number of samples on dimension 0 and
+the model must return one row per sample, so a mis-batched input raises an error instead
+of giving attributions of the wrong samples.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 import torch
 from captum.attr import IntegratedGradients
 
+from .._errors import DataError
 from ..strategies._late import FusionHead, FusionInputs
 from ..strategies._unimodal import UnimodalLearner
 from ._modalities import eval_mode
 
-__all__ = ["feature_attributions"]
+__all__ = ["feature_attributions", "integrated_gradients"]
+
+
+def _check_leading_dimension(inputs: Mapping[str, torch.Tensor]) -> int:
+    """Return the shared sample count N of dimension 0; DataError naming a mismatched input."""
+    names = list(inputs)
+    if not names:
+        raise DataError("integrated gradients: no inputs were given")
+    first = names[0]
+    n = int(inputs[first].shape[0]) if inputs[first].ndim else 0
+    for name in names:
+        tensor = inputs[name]
+        if tensor.ndim == 0 or int(tensor.shape[0]) != n:
+            msg = (
+                f"integrated gradients: input {name!r} has shape {tuple(tensor.shape)}, but input "
+                f"{first!r} has N={n} samples on dimension 0; every input needs the same N "
+                "first. Move the sample dimension to the front (for example permute or "
+                "unsqueeze) before attributing."
+            )
+            raise DataError(msg)
+    return n
+
+
+def _check_integer_inputs(inputs: Mapping[str, torch.Tensor], embeddings: Mapping[str, Callable]) -> None:
+    for name, tensor in inputs.items():
+        if tensor.is_floating_point() or name in embeddings:
+            continue
+        msg = (
+            f"integrated gradients: input {name!r} has dtype {tensor.dtype}. Integrated "
+            "gradients interpolates every input between its baseline and its value, which is "
+            "undefined for integer codes; pass an embedding for it (embeddings={name!r: ...}) "
+            "so that it is attributed at the embedding output."
+        )
+        raise DataError(msg)
+
+
+def integrated_gradients(
+    forward: Callable[..., torch.Tensor],
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    embeddings: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    target: int | torch.Tensor | None = None,
+    n_steps: int = 32,
+) -> dict[str, torch.Tensor]:
+    """Attribute ``forward(**inputs)`` with Captum's integrated gradients, one map per input.
+
+    Parameters
+    ----------
+    forward
+        Called with keyword arguments named like ``inputs``. An input listed in
+        ``embeddings`` arrives as its embedding output, shape ``(N, columns, e)``.
+    inputs
+        Name to tensor, each with the N samples on dimension 0. Float tensors are attributed
+        directly; integer tensors need an entry in ``embeddings``.
+    embeddings
+        Name to a function mapping integer codes ``(N, columns)`` to ``(N, columns, e)``,
+        for example one ``nn.Embedding`` per column stacked on dimension 1.
+    target
+        Output column to attribute for a model with several outputs.
+    n_steps
+        Steps of the Riemann approximation of the path integral.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Float inputs keep their shape. Embedded inputs are summed over the embedding axis
+        back to one score per column, shape ``(N, columns)``. Baselines are zeros of the
+        attributed tensor (the embedding output for integer inputs).
+
+    Raises
+    ------
+    DataError
+        An input whose dimension 0 differs from the others, an integer input without an
+        embedding, or a model that returns another number of rows than N.
+    """
+    embeddings = dict(embeddings or {})
+    n = _check_leading_dimension(inputs)
+    _check_integer_inputs(inputs, embeddings)
+
+    names = list(inputs)
+    attributed = tuple(
+        embeddings[name](inputs[name]).detach() if name in embeddings else inputs[name].detach()
+        for name in names
+    )
+
+    def wrapped(*tensors: torch.Tensor) -> torch.Tensor:
+        return forward(**dict(zip(names, tensors)))
+
+    with torch.no_grad():
+        output = wrapped(*attributed)
+    if output.ndim == 0 or int(output.shape[0]) != n:
+        msg = (
+            f"integrated gradients: the model returned shape {tuple(output.shape)} for inputs "
+            f"with N={n} samples; it must return one row per sample. A layer inside forward "
+            "moves or merges the sample dimension (for example a reshape of (1, 4, 41) to "
+            "(4, 41)); keep dimension 0 as the samples."
+        )
+        raise DataError(msg)
+
+    baselines = tuple(torch.zeros_like(tensor) for tensor in attributed)
+    values = IntegratedGradients(wrapped).attribute(
+        attributed, baselines=baselines, target=target, n_steps=n_steps
+    )
+    result = {}
+    for name, value in zip(names, values):
+        # (N, columns, e) -> (N, columns) for embedded inputs: one score per column.
+        result[name] = value.detach().sum(dim=-1) if name in embeddings else value.detach()
+    return result
 
 
 def feature_attributions(head: FusionHead, inputs: FusionInputs, learner: UnimodalLearner, *,
@@ -37,6 +153,10 @@ def feature_attributions(head: FusionHead, inputs: FusionInputs, learner: Unimod
     if attributable is None:
         return pd.DataFrame(columns=columns)
     subset = inputs.subset(present)
+    _check_leading_dimension({
+        **{f"{learner.name} input {i}": t for i, t in enumerate(attributable.tensors)},
+        "fusion mask": subset.mask,
+    })
     n_inputs = len(attributable.tensors)
     n_modalities = len(subset.modalities)
 

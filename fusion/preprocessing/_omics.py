@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from .._errors import DataWarning
+from .._errors import DataError, DataWarning
 from .._logging import logger
 
 __all__ = ["OmicsPreprocessor"]
@@ -52,8 +52,9 @@ class OmicsPreprocessor:
         variance = values.var(axis=0)
         constant = variance <= 1e-12
         if constant.any():
-            logger.debug("omics '%s': %d constant feature(s) in the training subjects are dropped",
-                        self.modality, int(constant.sum()))
+            logger.info("omics '%s': %d of %d feature(s) are constant (zero variance) in the %d "
+                        "training subjects and are dropped", self.modality, int(constant.sum()),
+                        len(constant), len(values))
         keep = np.flatnonzero(~constant)
         if self.n_top_features is not None:
             if self.n_top_features >= len(keep):
@@ -66,8 +67,14 @@ class OmicsPreprocessor:
                 ranked = keep[np.argsort(-variance[keep], kind="stable")]
                 keep = np.sort(ranked[: self.n_top_features])
         if len(keep) == 0:
-            raise ValueError(f"omics '{self.modality}': every feature is constant in the training subjects")
+            raise DataError(
+                f"omics '{self.modality}': all {len(constant)} features are constant in the "
+                f"{len(values)} training subject(s), so none can be used; a fold needs at least "
+                "2 training subjects with differing values. Use fewer folds or check the matrix"
+            )
         self.features_ = [str(data.columns[i]) for i in keep]
+        # Value given to a feature that new data lacks: its training mean (0 after scaling).
+        self.fill_values_ = values[:, keep].mean(axis=0, dtype=np.float64).astype(np.float32)
 
         adata = ad.AnnData(values[:, keep].copy())
         adata.var_names = self.features_
@@ -98,8 +105,13 @@ class OmicsPreprocessor:
         """Return the selected, scaled features, ``(n, len(features_))`` float32.
 
         These are the inputs feature attributions are reported on (names ``features_``).
+        Missing values (NaN, as left by reindexing new data to the training features) are
+        replaced with the feature's training mean, ``fill_values_``.
         """
         values = data[self.features_].to_numpy(dtype=np.float32)
+        missing = np.isnan(values)
+        if missing.any():
+            values = np.where(missing, self.fill_values_, values)
         return (values - self.mean_) / self.std_
 
     @property
@@ -109,9 +121,42 @@ class OmicsPreprocessor:
     def get_state(self) -> dict[str, Any]:
         """Return the fitted state as JSON-serialisable values."""
         return {
+            "scale": self.scale,
             "features": self.features_,
+            "fill_values": self.fill_values_.tolist(),
             "mean": self.mean_.tolist(),
             "std": self.std_.tolist(),
             "components": None if self.components_ is None else self.components_.tolist(),
             "pca_mean": None if self.components_ is None else self.pca_mean_.tolist(),
         }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, modality: str = "omics") -> OmicsPreprocessor:
+        """Rebuild a fitted preprocessor from :meth:`get_state` output.
+
+        Float32 values round-trip exactly through JSON, so the rebuilt preprocessor
+        transforms data bit for bit as the fitted one did.
+        """
+        expected = ("scale", "features", "fill_values", "mean", "std", "components", "pca_mean")
+        absent = [key for key in expected if key not in state]
+        if absent:
+            raise DataError(f"omics '{modality}': the saved preprocessing state lacks the keys {absent}")
+        components = state["components"]
+        preprocessor = cls(scale=bool(state["scale"]), modality=modality,
+                           pca_components=None if components is None else len(components[0]))
+        preprocessor.features_ = [str(name) for name in state["features"]]
+        preprocessor.fill_values_ = np.asarray(state["fill_values"], dtype=np.float32)
+        preprocessor.mean_ = np.asarray(state["mean"], dtype=np.float32)
+        preprocessor.std_ = np.asarray(state["std"], dtype=np.float32)
+        n_features = len(preprocessor.features_)
+        for key in ("fill_values_", "mean_", "std_"):
+            if getattr(preprocessor, key).shape != (n_features,):
+                raise DataError(
+                    f"omics '{modality}': the saved preprocessing state has {n_features} features "
+                    f"but {getattr(preprocessor, key).shape[0]} values in '{key[:-1]}'"
+                )
+        preprocessor.components_ = None
+        if components is not None:
+            preprocessor.components_ = np.asarray(components, dtype=np.float32)
+            preprocessor.pca_mean_ = np.asarray(state["pca_mean"], dtype=np.float32)
+        return preprocessor

@@ -508,6 +508,9 @@ def _render_page(run: _Run) -> str:
         _tuning_section(run),
         _timings_section(run),
     ]
+    explanations = _explanations_section(run)
+    if explanations is not None:
+        sections.append(explanations)
     generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     contents = "".join(
         f'<li><a href="#{section.anchor}">{_escape(section.title)}</a></li>' for section in sections
@@ -865,6 +868,22 @@ def _timings_section(run: _Run) -> _Section:
     total = float(np.nansum([float(seconds) for seconds in run.timings.values()]))
     rows.append(["<b>total</b>", f"<b>{_format_number(total)}</b>"])
     return _Section("timings", title, _table(["stage", "seconds"], rows, numeric=(1,)))
+
+
+def _explanations_section(run: _Run) -> _Section | None:
+    """Link the subject pages that ``fusion explain`` wrote into ``explain/``; None when there are none."""
+    pages = sorted((run.directory / "explain").glob("*/index.html"))
+    if not pages:
+        return None
+    items = "".join(
+        f'<li><a href="explain/{_escape(page.parent.name)}/index.html">{_escape(page.parent.name)}</a></li>'
+        for page in pages
+    )
+    body = (
+        "<p>Pages written by <code>fusion explain</code>: modality contributions, top features "
+        f"and voxel maps of each subject, from the model bundle.</p><ul>{items}</ul>"
+    )
+    return _Section("explanations", "Subject explanations", body)
 
 
 # Writing

@@ -13,6 +13,9 @@ attribution, always takes the same path:
   "missing" embedding; the concatenation feeds an MLP.
 - ``attention``: the projected embeddings (or the learned missing token) attend to a
   learned query; the pooled token gives the output.
+- ``gating``: a mixture of experts. Each modality's score is an expert, and a gate reads
+  the projected embeddings and weighs the present experts per subject; absent experts
+  get weight 0.
 """
 
 from __future__ import annotations
@@ -198,11 +201,40 @@ class AttentionHead(FusionHead):
         return self.out(pooled)
 
 
+class GatingHead(FusionHead):
+    """Mixture of experts over the modalities' scores, weighed per subject by a gate.
+
+    Each modality's rescaled score is an expert. A gate reads all embeddings and weighs the
+    present experts; with no modality present the output is the bias.
+    """
+
+    def __init__(self, dims: Sequence[int], output_dim: int, *, hidden: int = 16, dropout: float = 0.1) -> None:
+        super().__init__(output_dim)
+        self.tokens = _ProjectedTokens(dims, hidden)
+        self.gate = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * len(dims), len(dims)))
+        self.expert_scale = nn.Parameter(torch.ones(len(dims), output_dim))
+        self.expert_bias = nn.Parameter(torch.zeros(len(dims), output_dim))
+        self.bias = nn.Parameter(torch.zeros(output_dim))
+
+    def gate_weights(self, embeddings: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Return each subject's gate over the modalities, ``(n, M)``; 0 for absent ones."""
+        logits = self.gate(self.tokens(embeddings, mask).flatten(1))   # (n, M)
+        # A large negative logit instead of -inf keeps the softmax finite when no modality is present.
+        weights = torch.softmax(logits.masked_fill(mask <= 0, -1e9), dim=1)
+        return weights * mask
+
+    def fuse(self, embeddings, scores, mask):
+        weights = self.gate_weights(embeddings, mask)
+        experts = torch.stack(scores, dim=1) * self.expert_scale + self.expert_bias  # (n, M, k)
+        return (weights.unsqueeze(-1) * experts).sum(dim=1) + self.bias
+
+
 HEADS: dict[str, type[FusionHead]] = {
     "weighted_average": WeightedAverageHead,
     "stacking": StackingHead,
     "mlp": MLPHead,
     "attention": AttentionHead,
+    "gating": GatingHead,
 }
 
 
@@ -210,7 +242,7 @@ def make_head(kind: str, dims: Sequence[int], output_dim: int, params: dict[str,
     """Build a head; ``params`` may hold ``hidden`` and ``dropout`` for the neural heads."""
     if kind not in HEADS:
         raise ValueError(f"unknown fusion head '{kind}'; choose one of {sorted(HEADS)}")
-    if kind in ("mlp", "attention"):
+    if kind in ("mlp", "attention", "gating"):
         return HEADS[kind](dims, output_dim, hidden=int(params.get("hidden", 16)),
                            dropout=float(params.get("dropout", 0.1)))
     return HEADS[kind](dims, output_dim)

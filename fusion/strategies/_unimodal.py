@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._errors import DataError
 from .._task import Task
 from ..config import ClinicalConfig, ImagingConfig, OmicsConfig
 from ..data._cohort import ClinicalSource
@@ -183,6 +184,47 @@ class UnimodalLearner(abc.ABC):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model_.parameters())
 
+    def get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Return the fitted network's state dict and the fitted preprocessing as JSON values.
+
+        :meth:`load_state` on a learner built with the same config restores the fit, so
+        ``predict`` gives the same outputs without training again.
+        """
+        tensors = {key: value.detach().clone() for key, value in self.model_.state_dict().items()}
+        metadata = {"modality": self.name, "seed": self.seed, "preprocessing": self._preprocessing_state()}
+        return tensors, metadata
+
+    def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> UnimodalLearner:
+        """Restore a fit saved by :meth:`get_state`; the network is left in eval mode.
+
+        Raises
+        ------
+        DataError
+            The saved weights do not fit the network this learner's config builds.
+        """
+        self._load_preprocessing_state(metadata["preprocessing"])
+        self.model_ = _TaskHeadModel(self._build_encoder(), self.task.output_dim)
+        try:
+            self.model_.load_state_dict(tensors, strict=True)
+        except RuntimeError as error:
+            first_line = str(error).splitlines()[0]
+            raise DataError(
+                f"modality '{self.name}': the saved weights do not match the network its config "
+                f"builds ({first_line}); the bundle and its config.yaml come from different runs"
+            ) from None
+        self.model_.eval()
+        return self
+
+    def _preprocessing_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
+        return None
+
+
+# Imaging settings that fix the grid and intensities a trained network expects.
+_GRID_SETTINGS = ("sequences", "mask", "reference", "crop_margin", "spatial_size", "resize_mode", "normalize")
+
 
 class ImagingLearner(UnimodalLearner):
     """MONAI 3D network on cached volumes; volumes of all subjects are read once."""
@@ -204,6 +246,27 @@ class ImagingLearner(UnimodalLearner):
         volumes = np.stack([self.volumes[s][0] for s in subject_ids])
         flags = np.stack([self.volumes[s][1] for s in subject_ids])
         return torch.from_numpy(volumes), torch.from_numpy(flags)
+
+    def _preprocessing_state(self) -> dict[str, Any]:
+        # Intensities are normalised per volume, so only the target grid is recorded.
+        return {key: getattr(self.config, key) for key in _GRID_SETTINGS}
+
+    def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
+        for key in _GRID_SETTINGS:
+            if key not in state:
+                continue  # a model saved before the grid was recorded
+            saved = state[key]
+            current = getattr(self.config, key)
+            if (list(saved) if isinstance(saved, (list, tuple)) else saved) != (
+                    list(current) if isinstance(current, (list, tuple)) else current):
+                raise DataError(
+                    f"imaging '{self.name}': the model was trained with {key}={saved!r}, but the "
+                    f"config sets {key}={current!r}; use the config saved with the model"
+                )
+
+    def volume_inputs(self, subject_ids: pd.Index) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the volumes ``(n, C, X, Y, Z)`` and acquisition flags ``(n, C)`` the network reads."""
+        return self._inputs(subject_ids)
 
     def _build_encoder(self) -> nn.Module:
         encoder = self.config.encoder
@@ -231,6 +294,12 @@ class OmicsLearner(UnimodalLearner):
 
     def _inputs(self, subject_ids: pd.Index) -> tuple[torch.Tensor, ...]:
         return (torch.from_numpy(self.preprocessor_.transform_features(self.source.data.loc[subject_ids])),)
+
+    def _preprocessing_state(self) -> dict[str, Any]:
+        return self.preprocessor_.get_state()
+
+    def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
+        self.preprocessor_ = OmicsPreprocessor.from_state(state, modality=self.name)
 
     def _build_encoder(self) -> nn.Module:
         encoder = self.config.encoder
@@ -271,9 +340,15 @@ class ClinicalLearner(UnimodalLearner):
         continuous, categorical = self.preprocessor_.transform(self.source.table.loc[subject_ids])
         return torch.from_numpy(continuous), torch.from_numpy(categorical)
 
+    def _preprocessing_state(self) -> dict[str, Any]:
+        return self.preprocessor_.get_state()
+
+    def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
+        self.preprocessor_ = ClinicalPreprocessor.from_state(state)
+
     def _build_encoder(self) -> nn.Module:
         return ClinicalEncoder(
-            n_continuous=len(self.source.continuous),
+            n_continuous=len(self.preprocessor_.continuous_columns_),
             categorical_cardinalities=self.preprocessor_.categorical_cardinalities_,
             backbone=self.config.encoder.backbone,
             embedding_dim=self.config.encoder.embedding_dim,
@@ -290,7 +365,7 @@ class ClinicalLearner(UnimodalLearner):
         return AttributionInputs(
             tensors=(continuous_in, embedded),
             baselines=(torch.zeros_like(continuous_in), unknown),
-            names=(list(self.source.continuous), list(self.source.categorical)),
+            names=(list(self.preprocessor_.continuous_columns_), list(self.preprocessor_.categorical_columns_)),
             summed_axes=(False, True),
         )
 
