@@ -1,7 +1,7 @@
 """Measure what the five late-fusion strategies add to the encoders' time in ``fusion benchmark``.
 
 Late strategies read the cached, cross-fitted encoder outputs, so adding them to a
-benchmark should cost a small fraction of training the encoders. Two modes:
+benchmark should cost a small fraction of training the encoders. Modes:
 
     python benchmarks/late_overhead.py CONFIG [--out DIR]
         runs a benchmark of the unimodal and late strategies only (no robustness scenarios)
@@ -10,12 +10,16 @@ benchmark should cost a small fraction of training the encoders. Two modes:
     python benchmarks/late_overhead.py --from-benchmark DIR
         reads the timings of a finished ``fusion benchmark`` directory;
 
+    python benchmarks/late_overhead.py CONFIG --imaging-size 64 --imaging-epochs 15 [--out DIR]
+        runs the same benchmark with every imaging modality at that volume size (a cube) and
+        number of training epochs, for example the library's defaults of 64 and 15;
+
     python benchmarks/late_overhead.py CONFIG --from-run DIR [--out OUT]
         runs the late strategies on the encoder outputs and Optuna studies of the finished
         benchmark DIR, as ``fusion benchmark --from-run`` does, and compares them with the
         encoder times DIR recorded.
 
-Both print the encoders' cross-fitting seconds, each late strategy's fit and predict
+Every mode prints the encoders' cross-fitting seconds, each late strategy's fit and predict
 seconds over all folds (full data only), and their ratio.
 """
 
@@ -34,11 +38,20 @@ import torch
 LATE = ["late:mean", "late:weighted_mean", "late:stacking", "late:tuned", "late:gating"]
 
 
-def _run(config_path: Path, out: Path | None, source: Path | None) -> Path:
+def _run(config_path: Path, out: Path | None, source: Path | None, imaging_size: int | None,
+         imaging_epochs: int | None) -> Path:
     from fusion import load_config
     from fusion.benchmark import run_benchmark
+    from fusion.config import ImagingConfig
 
     config = load_config(config_path)
+    for modality in config.modalities.values():
+        if not isinstance(modality, ImagingConfig):
+            continue
+        if imaging_size is not None:
+            modality.spatial_size = (imaging_size,) * 3
+        if imaging_epochs is not None:
+            modality.training.epochs = imaging_epochs
     config.benchmark.strategies = ["unimodal", "late"]
     config.benchmark.missing_fractions = []
     config.benchmark.test_without_each_modality = False
@@ -79,10 +92,15 @@ def main() -> None:
     parser.add_argument("--from-run", type=Path, default=None,
                         help="with CONFIG: reuse this benchmark directory's encoder outputs, encoder times and "
                              "Optuna studies, so only the late strategies run")
+    parser.add_argument("--imaging-size", type=int, default=None,
+                        help="with CONFIG: train every imaging encoder on volumes of this size (voxels per axis)")
+    parser.add_argument("--imaging-epochs", type=int, default=None,
+                        help="with CONFIG: train every imaging encoder for this many epochs")
     args = parser.parse_args()
     if (args.config is None) == (args.from_benchmark is None):
         parser.error("give either CONFIG or --from-benchmark DIR")
-    directory = args.from_benchmark or _run(args.config, args.out, args.from_run)
+    directory = args.from_benchmark or _run(args.config, args.out, args.from_run, args.imaging_size,
+                                            args.imaging_epochs)
     _overhead(directory)
 
 

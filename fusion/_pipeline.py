@@ -32,10 +32,16 @@ from tqdm.auto import tqdm
 from ._errors import ConfigError, DataError
 from ._io import write_atomic, write_csv, write_json, write_npz
 from ._logging import logger
-from ._task import Task
-from .bundle._store import has_fold_learner, load_fold_learner, save_fold_head, save_fold_learner, write_bundle
-from .config import FusionConfig, ImagingConfig
 from ._preflight import preflight
+from ._task import Task
+from .bundle._store import (
+    has_fold_learner,
+    load_fold_learner,
+    save_fold_head,
+    save_fold_learner,
+    write_bundle,
+)
+from .config import FusionConfig, ImagingConfig
 from .data._cohort import Cohort
 from .evaluation import (
     PRIMARY_METRIC,
@@ -261,10 +267,12 @@ def _run_fold(cohort: Cohort, config: FusionConfig, volumes: dict, repeat: int, 
         folds = inner_folds(cohort.target.loc[train_ids], task, n_folds=config.tuning.inner_folds,
                             seed=seed + 7, groups=groups)
         study = tune_head(train_inputs, cohort.target, task, heads=config.tuning.heads, folds=folds,
-                          n_trials=config.tuning.n_trials, epochs=config.tuning.epochs, seed=seed,
+                          n_trials=config.tuning.n_trials, epochs=config.tuning.epochs,
+                          patience=config.tuning.patience, seed=seed,
                           storage=storage, study_name=f"{config.name}-repeat{repeat}-fold{fold}")
         params = best_params(study)
-        head = fit_head(train_inputs, cohort.target, task, params, epochs=config.tuning.epochs, seed=seed)
+        head = fit_head(train_inputs, cohort.target, task, params, epochs=config.tuning.epochs,
+                        patience=config.tuning.patience, seed=seed)
         fused = predict_head(head, test_inputs)
         save_fold_head(fold_dir, head, params, modalities, dims)
 

@@ -135,7 +135,7 @@ def preflight(config: FusionConfig, *, available_bytes: int | None = None,
     _add_caught(report, caught, "cohort")
     report.cohort = cohort
 
-    _check_alignment(report, cohort)
+    _check_alignment(report, cohort, config)
     for name, modality in config.modalities.items():
         source = cohort.sources[name]
         if isinstance(modality, ImagingConfig):
@@ -166,16 +166,23 @@ def _listed(items: list[Any]) -> str:
 # Alignment ------------------------------------------------------------------------------
 
 
-def _check_alignment(report: PreflightReport, cohort: Any) -> None:
+def _check_alignment(report: PreflightReport, cohort: Any, config: FusionConfig) -> None:
     alignment = dict(cohort.alignment)
     report.summaries["alignment"] = alignment
     target_ids = list(map(str, cohort.subject_ids))
     excluded = alignment.get("excluded_ids", [])
-    if excluded:
+    if excluded and config.target.missing == "exclude":
         report.add(
             "warning", "target",
             f"{len(excluded)} subject(s) have no target value and are excluded: {_listed(excluded)}",
             "add their target values; training never uses a subject without one",
+        )
+    elif excluded:
+        report.add(
+            "error", "target",
+            f"{len(excluded)} subject(s) have no target value in {', '.join(config.target.columns)}: "
+            f"{_listed(excluded)}",
+            "add their target values, or set target.missing: exclude to leave these subjects out",
         )
     for name, entry in alignment["modalities"].items():
         only_here, missing_here = entry["only_here"], entry["missing_here"]
@@ -237,7 +244,12 @@ def _prefix_pairs(ids: list[str], others: set[str]) -> list[tuple[str, str]]:
 
 def _check_imaging(report: PreflightReport, name: str, source: Any, cohort: Any,
                    available_bytes: int | None, check_data: bool) -> None:
-    from .data._volumes import cache_memory_estimate, check_volume_data, count_by_value, volume_header
+    from .data._volumes import (
+        cache_memory_estimate,
+        check_volume_data,
+        count_by_value,
+        volume_header,
+    )
 
     shapes, spacings, channels = [], [], []
     unreadable = 0

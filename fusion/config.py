@@ -136,6 +136,9 @@ class TargetConfig(_Section):
     ``outcome_columns`` names further outcome columns of the tables (another endpoint,
     follow-up status) that must never become inputs. Config validation rejects any of them
     listed as a feature, and column-type inference leaves them out.
+
+    ``missing`` decides what happens to subjects without a target value: ``error`` (the
+    default) stops before training and lists them; ``exclude`` leaves them out with a warning.
     """
 
     table: Path | None = None
@@ -145,6 +148,7 @@ class TargetConfig(_Section):
     time: str | None = None
     event: str | None = None
     outcome_columns: list[str] = Field(default_factory=list)
+    missing: Literal["error", "exclude"] = "error"
 
     @pydantic.model_validator(mode="after")
     def _check_columns(self) -> TargetConfig:
@@ -181,12 +185,19 @@ class EvaluationConfig(_Section):
 
 
 class TuningConfig(_Section):
+    """Optuna search over late-fusion heads.
+
+    ``epochs`` caps each head's full-batch training; ``patience`` stops it earlier once the
+    training loss has not improved for that many epochs (0 always trains ``epochs``).
+    """
+
     n_trials: int = Field(30, ge=1)
     heads: list[Literal["weighted_average", "stacking", "mlp", "attention"]] = Field(
         default_factory=lambda: list(HEAD_TYPES), min_length=1
     )
     inner_folds: int = Field(3, ge=2)
     epochs: int = Field(150, ge=1)
+    patience: int = Field(10, ge=0)
     storage: str | None = None
 
 

@@ -156,7 +156,7 @@ def test_robustness_reports_unhandled_modalities(finished):
         own = table.loc[(f"unimodal:{modality}", f"without:{modality}")]
         assert own["coverage"] == 0.0
         assert not own["handled"]
-        assert table.loc[(f"linear:{modality}", f"without:{modality}"), "handled"] == False  # noqa: E712
+        assert table.loc[(f"linear:{modality}", f"without:{modality}"), "handled"] == False
         for strategy in ("late:mean", "late:tuned", "late:gating", "intermediate:low_rank", "early:mlp", "linear:all"):
             entry = table.loc[(strategy, f"without:{modality}")]
             assert entry["handled"]

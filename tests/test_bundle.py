@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from _configs import shrink_demo_config, tcga_subset_config
 
 from fusion import DataError, DataWarning, load_config
-from fusion._pipeline import run
 from fusion._logging import logger
+from fusion._pipeline import run
 from fusion.bundle import load_bundle
 from fusion.bundle._store import library_versions
 from fusion.cli import main
@@ -29,15 +30,7 @@ def _shrink(config: dict, cohort_root, name: str) -> None:
     """Shrink a demo config to a run of a few seconds and write it as ``<name>.yaml``."""
     config["name"] = name
     config["cache_dir"] = str(cohort_root / "cache")
-    config["evaluation"] = {"outer_folds": 2, "inner_folds": 2}
-    config["tuning"] = {"n_trials": 3, "inner_folds": 2, "epochs": 30}
-    config["attribution"] = {"n_steps": 8}
-    for modality in config["modalities"].values():
-        modality["training"] = {"epochs": 5, "batch_size": 16, "learning_rate": 0.01, "weight_decay": 0.0001}
-    mri = config["modalities"]["mri"]
-    mri["spatial_size"] = [12, 12, 8]
-    mri["encoder"] = {"widths": [4, 4, 8, 8], "embedding_dim": 4, "stem_stride": 1}
-    mri["training"]["epochs"] = 2
+    shrink_demo_config(config)
     (cohort_root / f"{name}.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -345,29 +338,7 @@ def test_resumed_fold_loads_saved_models(demo, tmp_path):
 def real_run(shared_data, tmp_path_factory):
     root = shared_data / "tcga_lgg"
     folder = tmp_path_factory.mktemp("tcga")
-    clinical = pd.read_csv(root / "clinical.csv")
-    clinical[clinical["idh_mutation"].notna()].head(30).to_csv(folder / "clinical.csv", index=False)
-    config = {
-        "name": "tcga_bundle",
-        "cache_dir": str(folder / "cache"),
-        "target": {"table": "clinical.csv", "id_column": "patient_id", "kind": "binary",
-                   "column": "idh_mutation", "outcome_columns": ["death01", "os_days", "os_event"]},
-        "modalities": {
-            "mri": {"kind": "imaging", "manifest": str(root / "imaging" / "manifest.csv"),
-                    "id_column": "patient_id", "paths_relative_to": str(root),
-                    "sequences": ["flair", "t1pre"], "mask": "mask", "crop_margin": 4,
-                    "spatial_size": [16, 16, 16], "resize_mode": "stretch",
-                    "encoder": {"widths": [4, 4, 8, 8], "embedding_dim": 4},
-                    "training": {"epochs": 2, "batch_size": 16}},
-            "cnv": {"kind": "omics", "files": [str(root / "omics" / "cnv.h5ad")], "training": {"epochs": 10}},
-            "clinical": {"kind": "clinical", "table": "clinical.csv", "id_column": "patient_id",
-                         "categorical": ["gender", "histological_type"],
-                         "continuous": ["age_at_initial_pathologic"], "training": {"epochs": 10}},
-        },
-        "evaluation": {"outer_folds": 2, "inner_folds": 2},
-        "tuning": {"n_trials": 3, "inner_folds": 2, "epochs": 30},
-        "attribution": {"n_steps": 8},
-    }
+    config = tcga_subset_config(root, folder, name="tcga_bundle", target="idh", n_subjects=30)
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     result = run(load_config(folder / "config.yaml"), folder / "run", report=False)
     return folder, result.run_dir

@@ -28,7 +28,14 @@ from corpus import write_cohort, write_dicom_series
 from fusion import ConfigError, DataError, DataWarning, MetricWarning, Task, load_config
 from fusion._preflight import preflight
 from fusion.config import ClinicalConfig
-from fusion.data import ClinicalSource, ImagingSettings, ImagingSource, OmicsSource, build_cohort, read_volume
+from fusion.data import (
+    ClinicalSource,
+    ImagingSettings,
+    ImagingSource,
+    OmicsSource,
+    build_cohort,
+    read_volume,
+)
 from fusion.data._volumes import cache_memory_estimate, check_cache_memory
 from fusion.encoders import ClinicalEncoder
 from fusion.evaluation import compute_metrics, inner_folds, make_splits
@@ -184,7 +191,7 @@ def test_unseen_category_rows_all_predicted_in_order():
     assert torch.equal(output_shuffled, output[torch.from_numpy(order)])
 
 
-def _c4_cohort(root: Path, impute: str) -> Path:
+def _c4_cohort(root: Path, impute: str, missing_target: str = "error") -> Path:
     rng = np.random.default_rng(0)
     ids = [f"P{i:03d}" for i in range(100)]
     table = pd.DataFrame({"subject_id": ids, "age": rng.normal(60, 10, 100),
@@ -195,7 +202,7 @@ def _c4_cohort(root: Path, impute: str) -> Path:
     table.loc[[60, 70], "y"] = np.nan
     table.to_csv(root / "clinical.csv", index=False)
     return _write_config(root, {
-        "target": {"kind": "binary", "column": "y"},
+        "target": {"kind": "binary", "column": "y", "missing": missing_target},
         "modalities": {"clinical": {"kind": "clinical", "table": "clinical.csv", "categorical": ["stage"],
                                     "continuous": ["age"], "impute": impute}},
         "evaluation": {"outer_folds": 3},
@@ -206,15 +213,24 @@ def test_missing_values_error_before_training(tmp_path):
     report = preflight(load_config(_c4_cohort(tmp_path, "error")))
 
     errors = [str(p) for p in report.errors]
+    assert len(errors) == 2
+    assert errors[0] == ("target: 2 subject(s) have no target value in y: P060, P070. Fix: add their target "
+                         "values, or set target.missing: exclude to leave these subjects out")
+    assert "column 'age' has 7 missing value(s) (subjects P003, P011, P019, P027, P035 and 2 more)" in errors[1]
+
+
+def test_missing_target_excluded_when_configured(tmp_path):
+    report = preflight(load_config(_c4_cohort(tmp_path, "median", missing_target="exclude")))
+
     target = [str(p) for p in report.warnings if p.where == "target"]
-    assert len(errors) == 1
-    assert "column 'age' has 7 missing value(s) (subjects P003, P011, P019, P027, P035 and 2 more)" in errors[0]
+    assert report.ok
     assert target == ["target: 2 subject(s) have no target value and are excluded: P060, P070. "
                       "Fix: add their target values; training never uses a subject without one"]
+    assert "P060" not in report.cohort.subject_ids
 
 
 def test_missing_values_imputed_when_configured(tmp_path):
-    report = preflight(load_config(_c4_cohort(tmp_path, "median")))
+    report = preflight(load_config(_c4_cohort(tmp_path, "median", missing_target="exclude")))
     assert report.ok
     assert any("'age' has 7 missing value(s); each fold fills them" in p.message for p in report.warnings)
     assert report.summaries["modalities"]["clinical"]["columns"]["stage"]["missing"] == 4

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from _configs import tcga_subset_config
 
 from fusion import DataError, load_config
 from fusion._logging import logger
@@ -27,28 +28,8 @@ def real_run(shared_data, tmp_path_factory):
     """A small TCGA-LGG run (MRI and clinical) with its report and bundle."""
     root = shared_data / "tcga_lgg"
     folder = tmp_path_factory.mktemp("explain")
-    clinical = pd.read_csv(root / "clinical.csv")
-    clinical[clinical["idh_mutation"].notna()].head(24).to_csv(folder / "clinical.csv", index=False)
-    config = {
-        "name": "tcga_explain",
-        "cache_dir": str(folder / "cache"),
-        "target": {"table": "clinical.csv", "id_column": "patient_id", "kind": "binary",
-                   "column": "idh_mutation", "outcome_columns": ["death01", "os_days", "os_event"]},
-        "modalities": {
-            "mri": {"kind": "imaging", "manifest": str(root / "imaging" / "manifest.csv"),
-                    "id_column": "patient_id", "paths_relative_to": str(root),
-                    "sequences": ["flair", "t1pre"], "mask": "mask", "crop_margin": 4,
-                    "spatial_size": [16, 16, 16], "resize_mode": "stretch",
-                    "encoder": {"widths": [4, 4, 8, 8], "embedding_dim": 4},
-                    "training": {"epochs": 2, "batch_size": 16}},
-            "clinical": {"kind": "clinical", "table": "clinical.csv", "id_column": "patient_id",
-                         "categorical": ["gender", "histological_type"],
-                         "continuous": ["age_at_initial_pathologic"], "training": {"epochs": 10}},
-        },
-        "evaluation": {"outer_folds": 2, "inner_folds": 2},
-        "tuning": {"n_trials": 3, "inner_folds": 2, "epochs": 30},
-        "attribution": {"n_steps": 8},
-    }
+    config = tcga_subset_config(root, folder, name="tcga_explain", target="idh", n_subjects=24,
+                                modalities=("mri", "clinical"))
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     result = run(load_config(folder / "config.yaml"), folder / "run")
     manifest = pd.read_csv(root / "imaging" / "manifest.csv", dtype=str).set_index("patient_id")

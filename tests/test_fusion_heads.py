@@ -112,6 +112,36 @@ def test_fit_head_learns_informative_modality():
     assert accuracy > 0.95
 
 
+def test_fit_head_patience_stops_on_plateau(monkeypatch):
+    import fusion.strategies._late as late
+
+    losses = []
+    original = late.task_loss
+
+    def recording_loss(*args):
+        loss = original(*args)
+        losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(late, "task_loss", recording_loss)
+    inputs = _inputs(n=60, missing=0.0)
+    target = pd.DataFrame({"y": (inputs.scores[0][:, 0] > 0).long().numpy()}, index=inputs.subject_ids)
+    # A zero learning rate keeps the loss flat, so training stops after `patience` stale epochs.
+    params = {"head": "stacking", "learning_rate": 0.0, "weight_decay": 0.0, "modality_dropout": 0.0}
+    fit_head(inputs, target, Task("binary"), params, epochs=100, seed=0, patience=7)
+    assert len(losses) == 8  # the first epoch sets the best loss, then 7 without improvement
+
+    losses.clear()
+    fit_head(inputs, target, Task("binary"), params, epochs=100, seed=0, patience=0)
+    assert len(losses) == 100
+
+    losses.clear()
+    params["learning_rate"] = 0.05
+    fit_head(inputs, target, Task("binary"), params, epochs=100, seed=0, patience=7)
+    assert 8 < len(losses) <= 100
+    assert min(losses) < losses[0]
+
+
 def test_stack_outputs_aligns_by_id():
     ids = pd.Index(["a", "b", "c", "d"])
     out = ModalityOutputs(pd.Index(["d", "b"]), np.array([[4.0], [2.0]], np.float32), np.array([[40.0], [20.0]], np.float32))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from _configs import shrink_demo_config
 
 from fusion.datasets import make_demo_cohort
 
@@ -31,15 +32,8 @@ def _write_config(root: Path, name: str) -> Path:
     """Shrink the demo config to a run of under a minute; each scenario gets its own cache."""
     config = yaml.safe_load((root / "config.yaml").read_text())
     config["cache_dir"] = f"cache-{name}"
-    config["evaluation"] = {"outer_folds": 3, "inner_folds": 2}
-    config["tuning"] = {"n_trials": 4, "inner_folds": 2, "epochs": 30}
-    config["attribution"] = {"n_steps": 8}
-    for modality in config["modalities"].values():
-        modality["training"] = {"epochs": 5, "batch_size": 16, "learning_rate": 0.01, "weight_decay": 0.0001}
-    mri = config["modalities"]["mri"]
-    mri["spatial_size"] = [12, 12, 8]
-    mri["encoder"] = {"widths": [4, 4, 8, 8], "embedding_dim": 4, "stem_stride": 1}
-    mri["training"]["epochs"] = 2
+    shrink_demo_config(config, outer_folds=3)
+    config["tuning"]["n_trials"] = 4
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

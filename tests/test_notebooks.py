@@ -89,7 +89,7 @@ def test_saved_without_outputs(name: str) -> None:
 
 
 def test_notebooks_listed() -> None:
-    assert ALL_NOTEBOOKS == ["01_quickstart_demo.ipynb", "02_tcga_lgg.ipynb"]
+    assert ALL_NOTEBOOKS == ["01_quickstart_demo.ipynb", "02_tcga_lgg.ipynb", "03_benchmark.ipynb"]
 
 
 @pytest.mark.slow
@@ -113,4 +113,19 @@ def test_tcga_notebook_runs(shared_data: Path, monkeypatch: pytest.MonkeyPatch) 
     assert subset.startswith("36 patients")
     for modality in ("mri", "cnv", "mutation", "clinical"):
         assert modality in shares
+    assert _has_image(notebook)
+
+
+@pytest.mark.slow
+def test_benchmark_notebook_runs(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = _execute("03_benchmark.ipynb", monkeypatch)
+    subset = _cell_printing(notebook, "with an IDH mutation")
+    run = _cell_printing(notebook, "strategies:")
+    comparisons = _cell_printing(notebook, "test:")
+    assert _errors(notebook) == []
+    assert subset.startswith("36 patients")
+    # 3 unimodal, 2 early (one is the notebook's own), 4 joint, 5 late and 4 linear strategies.
+    assert "strategies: 18" in run
+    assert "Nadeau-Bengio corrected resampled t-test" in comparisons
+    assert "unimodal:cnv" in _cell_printing(notebook, "cannot predict without a modality")
     assert _has_image(notebook)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _configs import tcga_subset_config
 
 from fusion import ConfigError, load_config
 from fusion._pipeline import run
@@ -159,30 +160,8 @@ def test_omics_statistics_from_training_subjects_only(rng):
 
 def test_real_cohort_subset_end_to_end(shared_data, tmp_path):
     root = shared_data / "tcga_lgg"
-    clinical = pd.read_csv(root / "clinical.csv")
-    subset = clinical[clinical["os_days"].notna()].head(40)
-    subset.to_csv(tmp_path / "clinical.csv", index=False)
-    config = {
-        "name": "tcga_subset",
-        "cache_dir": str(tmp_path / "cache"),
-        "target": {"table": "clinical.csv", "id_column": "patient_id", "kind": "survival",
-                   "time": "os_days", "event": "os_event"},
-        "modalities": {
-            "mri": {"kind": "imaging", "manifest": str(root / "imaging" / "manifest.csv"),
-                    "id_column": "patient_id", "paths_relative_to": str(root),
-                    "sequences": ["flair", "t1pre"], "mask": "mask", "crop_margin": 4,
-                    "spatial_size": [16, 16, 16], "resize_mode": "stretch",
-                    "encoder": {"widths": [4, 4, 8, 8], "embedding_dim": 4},
-                    "training": {"epochs": 2, "batch_size": 16}},
-            "cnv": {"kind": "omics", "files": [str(root / "omics" / "cnv.h5ad")], "training": {"epochs": 10}},
-            "clinical": {"kind": "clinical", "table": "clinical.csv", "id_column": "patient_id",
-                         "categorical": ["gender", "histological_type"], "continuous": ["age_at_initial_pathologic"],
-                         "training": {"epochs": 10}},
-        },
-        "evaluation": {"outer_folds": 2, "inner_folds": 2},
-        "tuning": {"n_trials": 3, "inner_folds": 2, "epochs": 30},
-        "attribution": {"n_steps": 8},
-    }
+    config = tcga_subset_config(root, tmp_path, name="tcga_subset", target="survival", n_subjects=40)
+    subset = pd.read_csv(tmp_path / "clinical.csv")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = run(load_config(tmp_path / "config.yaml"), tmp_path / "run")
 

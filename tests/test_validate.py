@@ -138,14 +138,23 @@ def test_subjects_without_target_listed(tmp_path):
     table.loc[[2, 9], "response"] = np.nan
     table.to_csv(tmp_path / "clinical.csv", index=False)
 
-    report = preflight(load_config(config))
+    settings = load_config(config)
+    report = preflight(settings)
 
-    excluded = [str(p) for p in report.warnings if p.where == "target"]
-    assert excluded == [
+    assert [str(p) for p in report.errors] == [
+        "target: 2 subject(s) have no target value in response: S002, S009. Fix: add their target "
+        "values, or set target.missing: exclude to leave these subjects out"
+    ]
+    assert report.summaries["alignment"]["excluded_ids"] == ["S002", "S009"]
+
+    settings.target.missing = "exclude"
+    report = preflight(settings)
+
+    assert report.ok
+    assert [str(p) for p in report.warnings if p.where == "target"] == [
         "target: 2 subject(s) have no target value and are excluded: S002, S009. Fix: add their "
         "target values; training never uses a subject without one"
     ]
-    assert report.summaries["alignment"]["excluded_ids"] == ["S002", "S009"]
 
 
 def test_run_stops_before_creating_directory(tmp_path):

@@ -225,12 +225,14 @@ class TunedHeadStrategy(_LateStrategy):
                                 groups=groups)
             storage = tuning.storage or f"sqlite:///{(fold.run_dir / 'optuna.db').resolve()}"
             study = tune_head(inputs, fold.cohort.target, fold.task, heads=tuning.heads, folds=folds,
-                              n_trials=tuning.n_trials, epochs=tuning.epochs, seed=fold.seed, storage=storage,
+                              n_trials=tuning.n_trials, epochs=tuning.epochs, patience=tuning.patience,
+                              seed=fold.seed, storage=storage,
                               study_name=f"{fold.config.name}-repeat{fold.repeat}-fold{fold.fold}")
             self.tuned[key] = best_params(study)
         self.params_ = self.tuned[key]
         self.head_ = fit_head(inputs, fold.cohort.target, fold.task, self.params_,
-                              epochs=fold.config.tuning.epochs, seed=fold.seed)
+                              epochs=fold.config.tuning.epochs, patience=fold.config.tuning.patience,
+                              seed=fold.seed)
 
     def predict(self, fold: FoldContext, availability: pd.DataFrame) -> np.ndarray:
         return predict_head(self.head_, fold.fusion_inputs("test", availability))

@@ -11,7 +11,13 @@ import pandas as pd
 
 from .._errors import MetricWarning
 from .._task import Task
-from ..evaluation import HIGHER_IS_BETTER, METRIC_NAMES, PRIMARY_METRIC, corrected_resampled_ttest, summarize_folds
+from ..evaluation import (
+    HIGHER_IS_BETTER,
+    METRIC_NAMES,
+    PRIMARY_METRIC,
+    corrected_resampled_ttest,
+    summarize_folds,
+)
 from ..evaluation._stats import CORRECTED_TTEST_NAME
 from ._interface import Strategy
 

@@ -47,8 +47,8 @@ from .._pipeline import (
     make_outer_splits,
     prepare_run_dir,
 )
-from ..config import FusionConfig, ImagingConfig
 from .._preflight import preflight
+from ..config import FusionConfig, ImagingConfig
 from ..data._cohort import Cohort
 from ..evaluation import compute_metrics, iter_folds
 from ._builtin import resolve_strategies

@@ -249,19 +249,24 @@ def make_head(kind: str, dims: Sequence[int], output_dim: int, params: dict[str,
 
 
 def fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: dict[str, Any], *,
-             epochs: int, seed: int) -> FusionHead:
+             epochs: int, seed: int, patience: int = 0) -> FusionHead:
     """Train a head of ``params['head']`` on ``inputs`` (full batch AdamW).
 
     ``params`` also contains ``learning_rate``, ``weight_decay`` and ``modality_dropout``: the
     probability of hiding each present modality of each subject at every epoch, so the head
-    learns to predict from any subset of modalities.
+    learns to predict from any subset of modalities. Training stops early once the training
+    loss has not fallen by more than 1e-4 for ``patience`` epochs; 0 trains all ``epochs``.
     """
     with single_thread():
-        return _fit_head(inputs, target, task, params, epochs=epochs, seed=seed)
+        return _fit_head(inputs, target, task, params, epochs=epochs, seed=seed, patience=patience)
+
+
+# A training loss must fall by more than this to count as an improvement for early stopping.
+_MIN_IMPROVEMENT = 1e-4
 
 
 def _fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: dict[str, Any], *,
-              epochs: int, seed: int) -> FusionHead:
+              epochs: int, seed: int, patience: int) -> FusionHead:
     generator = seed_everything(seed)
     dims = [e.shape[1] for e in inputs.embeddings]
     head = make_head(params["head"], dims, task.output_dim, params)
@@ -272,9 +277,12 @@ def _fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: di
         head.target_mean.fill_(y.mean())
         head.target_scale.fill_(y.std().clamp_min(1e-6))
 
+    # The multi-tensor (foreach) update suits a head's many small parameter tensors: it cut
+    # a tuning run's time by about a tenth on the CPU and gave the same trials.
     optimizer = torch.optim.AdamW(head.parameters(), lr=params["learning_rate"],
-                                  weight_decay=params["weight_decay"])
+                                  weight_decay=params["weight_decay"], foreach=True)
     dropout = float(params.get("modality_dropout", 0.0))
+    best_loss, stale_epochs = float("inf"), 0
     head.train()
     for _ in range(epochs):
         mask = inputs.mask
@@ -286,6 +294,14 @@ def _fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: di
         loss = task_loss(task, scores if task.kind == "multiclass" else scores[:, 0], y)
         loss.backward()
         optimizer.step()
+        if patience:
+            value = float(loss)
+            if value < best_loss - _MIN_IMPROVEMENT:
+                best_loss, stale_epochs = value, 0
+            else:
+                stale_epochs += 1
+                if stale_epochs >= patience:
+                    break
     head.eval()
     return head
 

@@ -54,12 +54,13 @@ def suggest_params(trial: optuna.Trial, heads: Sequence[str]) -> dict[str, Any]:
 
 
 def _inner_score(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: dict[str, Any],
-                 folds: list[tuple[pd.Index, pd.Index]], *, epochs: int, seed: int,
+                 folds: list[tuple[pd.Index, pd.Index]], *, epochs: int, patience: int, seed: int,
                  trial: optuna.Trial | None = None) -> float:
     metric = PRIMARY_METRIC[task.kind]
     values: list[float] = []
     for j, (train_ids, valid_ids) in enumerate(folds):
-        head = fit_head(inputs.subset(train_ids), target, task, params, epochs=epochs, seed=seed + j)
+        head = fit_head(inputs.subset(train_ids), target, task, params, epochs=epochs, patience=patience,
+                        seed=seed + j)
         scores = predict_head(head, inputs.subset(valid_ids))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricWarning)
@@ -76,12 +77,12 @@ def _inner_score(inputs: FusionInputs, target: pd.DataFrame, task: Task, params:
 
 def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: Sequence[str],
               folds: list[tuple[pd.Index, pd.Index]], n_trials: int, epochs: int, seed: int,
-              storage: str, study_name: str, n_jobs: int = 1) -> optuna.Study:
+              storage: str, study_name: str, n_jobs: int = 1, patience: int = 0) -> optuna.Study:
     """Run (or resume) the study until it contains ``n_trials`` finished trials.
 
     Trials already complete or pruned in the storage count toward ``n_trials``, so an
     interrupted run picks up where it stopped; see the module docstring for how each
-    trial is seeded. ``n_jobs`` runs trials in parallel threads, which makes the result
+    trial is seeded. ``epochs`` and ``patience`` are passed to :func:`fit_head`. ``n_jobs`` runs trials in parallel threads, which makes the result
     depend on their timing.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,7 +105,8 @@ def tune_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, *, heads: 
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, heads)
-        value = _inner_score(inputs, target, task, params, folds, epochs=epochs, seed=seed, trial=trial)
+        value = _inner_score(inputs, target, task, params, folds, epochs=epochs, patience=patience, seed=seed,
+                             trial=trial)
         if not math.isfinite(value):
             # Pruned, not failed: a failed trial is one an interruption or an error stopped.
             logger.info("study '%s': trial %d has no finite score in any inner fold; pruned",
