@@ -120,7 +120,7 @@ def test_fit_head_patience_stops_on_plateau(monkeypatch):
 
     def recording_loss(*args):
         loss = original(*args)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     monkeypatch.setattr(late, "task_loss", recording_loss)

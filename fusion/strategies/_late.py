@@ -295,7 +295,7 @@ def _fit_head(inputs: FusionInputs, target: pd.DataFrame, task: Task, params: di
         loss.backward()
         optimizer.step()
         if patience:
-            value = float(loss)
+            value = loss.detach().item()
             if value < best_loss - _MIN_IMPROVEMENT:
                 best_loss, stale_epochs = value, 0
             else:
