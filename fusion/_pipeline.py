@@ -126,6 +126,12 @@ def prepare_run_dir(run_dir: Path, config: FusionConfig, *, resume: bool, overwr
     return run_dir
 
 
+def write_config(run_dir: Path, config: FusionConfig) -> None:
+    """Write the resolved config as ``config.yaml``, which ``resume`` compares against."""
+    write_atomic(run_dir / "config.yaml",
+                 lambda path: path.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)))
+
+
 @contextmanager
 def _log_to(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path)
@@ -226,6 +232,23 @@ def make_outer_splits(config: FusionConfig, cohort: Cohort, *, repeats: int | No
         seed=config.seed, groups=cohort.groups, leave_one_group_out=by_group,
         repeats=config.evaluation.repeats if repeats is None else repeats,
     )
+
+
+def load_or_make_splits(run_dir: Path, config: FusionConfig, cohort: Cohort) -> pd.DataFrame:
+    """Read ``splits.csv`` of ``run_dir``, or make the outer folds and write it.
+
+    Saved folds are reused as they are, so a resumed run keeps its folds; they must list
+    exactly the cohort's subjects.
+    """
+    path = run_dir / "splits.csv"
+    if path.is_file():
+        splits = pd.read_csv(path, dtype={"subject_id": str}).set_index("subject_id", drop=False)
+        if set(splits["subject_id"]) != set(cohort.subject_ids):
+            raise DataError(f"{path} does not list the cohort's subjects; the inputs changed since it was written")
+        return splits
+    splits = make_outer_splits(config, cohort)
+    write_csv(path, splits.reset_index(drop=True))
+    return splits
 
 
 def _fold_seed(config: FusionConfig, repeat: int, fold: int) -> int:
@@ -386,29 +409,17 @@ def run(config: FusionConfig, run_dir: str | Path, *, resume: bool = False, over
     timer = _Timer()
     with timer.stage("preflight"):
         checked = preflight(config)
-    if not checked.ok:
-        first = checked.errors[0]
-        more = len(checked.errors) - 1
-        extra = f" ({more} more error(s); `fusion validate` lists them all)" if more else ""
-        raise DataError(f"{first}{extra}")
+    checked.raise_for_errors()
     run_dir = prepare_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     with _log_to(run_dir / "run.log"):
         logger.info("run '%s' started in %s", config.name, run_dir)
-        write_atomic(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)))
-        for problem in checked.warnings:
-            logger.warning("preflight: %s", problem)
+        write_config(run_dir, config)
+        checked.log_warnings()
 
         cohort = checked.cohort
         write_json(run_dir / "alignment.json", cohort.alignment)
 
-        splits_path = run_dir / "splits.csv"
-        if splits_path.is_file():
-            splits = pd.read_csv(splits_path, dtype={"subject_id": str}).set_index("subject_id", drop=False)
-            if set(splits["subject_id"]) != set(cohort.subject_ids):
-                raise DataError(f"{splits_path} does not list the cohort's subjects; the inputs changed since the run started")
-        else:
-            splits = make_outer_splits(config, cohort)
-            write_csv(splits_path, splits.reset_index(drop=True))
+        splits = load_or_make_splits(run_dir, config, cohort)
 
         volumes = _load_volumes(cohort, config, timer)
         storage = config.tuning.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"

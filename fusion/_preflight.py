@@ -88,6 +88,19 @@ class PreflightReport:
     def add(self, level: Literal["error", "warning"], where: str, message: str, fix: str = "") -> None:
         self.problems.append(Problem(level, where, message, fix))
 
+    def raise_for_errors(self) -> None:
+        """Raise a DataError with the first error and the count of the others; return if none."""
+        if self.ok:
+            return
+        more = len(self.errors) - 1
+        extra = f" ({more} more error(s); `fusion validate` lists them all)" if more else ""
+        raise DataError(f"{self.errors[0]}{extra}")
+
+    def log_warnings(self) -> None:
+        """Log every warning, one line each, with a ``preflight:`` prefix."""
+        for problem in self.warnings:
+            logger.warning("preflight: %s", problem)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-serialisable values (the cohort left out)."""
         return {

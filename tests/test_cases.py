@@ -435,7 +435,8 @@ def test_duplicate_obs_names_rejected_then_suffixed(tmp_path):
         OmicsSource("rna", [tmp_path / "joined.h5ad"])
     message = str(raised.value)
     assert "42 subject id(s) appear more than once (CELL03958, CELL03959" in message
-    assert "index_unique" in message and "obs_names_make_unique" in message
+    assert "index_unique" in message
+    assert "obs_names_make_unique" in message
 
     suffixed = ad.concat([first, second], index_unique="-")
     suffixed.write_h5ad(tmp_path / "suffixed.h5ad")
@@ -506,7 +507,8 @@ def test_one_subject_group_warned(tmp_path):
 
     assert report.summaries["groups"] == {"b1": 4, "b2": 5, "b3": 1}
     single = [str(p) for p in report.warnings if "single subject" in p.message]
-    assert len(single) == 1 and "b3" in single[0]
+    assert len(single) == 1
+    assert "b3" in single[0]
     assert np.isfinite(scaled.std_).all()
 
 
@@ -523,7 +525,8 @@ def test_disjoint_ids_name_both_tables(tmp_path):
     with pytest.raises(DataError) as raised:
         build_cohort(load_config(config))
     message = str(raised.value)
-    assert "rna.h5ad" in message and "clinical.csv" in message
+    assert "rna.h5ad" in message
+    assert "clinical.csv" in message
     assert "overlap 0 of 80 modality ids and 100 target ids" in message
     assert "['S001', 'S002', 'S003'] versus target ['P001', 'P002', 'P003']" in message
 
@@ -587,7 +590,8 @@ def test_patient_rows_stay_on_one_side():
     splits = make_splits(target, Task("binary"), n_folds=5, seed=0, groups=groups)
     again = make_splits(target, Task("binary"), n_folds=5, seed=0, groups=groups)
 
-    assert len(target) == 100 and groups.nunique() == 40
+    assert len(target) == 100
+    assert groups.nunique() == 40
     folds_per_patient = splits.assign(patient=groups.to_numpy()).groupby("patient")["fold"].nunique()
     assert (folds_per_patient == 1).all()
     pd.testing.assert_frame_equal(splits, again)

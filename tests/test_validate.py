@@ -105,7 +105,8 @@ def test_cache_larger_than_memory_is_error(tmp_path):
     assert len(errors) == 1
     assert "imaging 'mri'" in errors[0]
     assert "24 volumes of shape (1, 4, 4, 4)" in errors[0]
-    assert "disk cache" in errors[0] and "float32" in errors[0]
+    assert "disk cache" in errors[0]
+    assert "float32" in errors[0]
 
 
 def test_longer_ids_get_hint(tmp_path):

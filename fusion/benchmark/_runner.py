@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .._errors import ConfigError, DataError, MetricWarning
-from .._io import write_atomic, write_csv, write_json
+from .._io import write_csv, write_json
 from .._logging import logger
 from .._pipeline import (
     _crossfit,
@@ -44,8 +44,9 @@ from .._pipeline import (
     _log_to,
     _save_outputs,
     _Timer,
-    make_outer_splits,
+    load_or_make_splits,
     prepare_run_dir,
+    write_config,
 )
 from .._preflight import preflight
 from ..config import FusionConfig, ImagingConfig
@@ -97,19 +98,14 @@ def run_benchmark(config: FusionConfig, run_dir: str | Path, *, resume: bool = F
     selected = resolve_strategies(config, strategies)
     with timer.stage("preflight"):
         checked = preflight(config)
-    if not checked.ok:
-        more = len(checked.errors) - 1
-        extra = f" ({more} more error(s); `fusion validate` lists them all)" if more else ""
-        raise DataError(f"{checked.errors[0]}{extra}")
+    checked.raise_for_errors()
     run_dir = prepare_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     source_run = _check_source_run(Path(from_run), config) if from_run is not None else None
 
     with _log_to(run_dir / "benchmark.log"):
         logger.info("benchmark '%s' started in %s with %d strategies", config.name, run_dir, len(selected))
-        write_atomic(run_dir / "config.yaml",
-                     lambda p: p.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)))
-        for problem in checked.warnings:
-            logger.warning("preflight: %s", problem)
+        write_config(run_dir, config)
+        checked.log_warnings()
         cohort = checked.cohort
         splits = _splits(run_dir, config, cohort, source_run)
         if source_run is not None:
@@ -189,14 +185,7 @@ def _splits(run_dir: Path, config: FusionConfig, cohort: Cohort, source_run: Pat
     path = run_dir / "splits.csv"
     if not path.is_file() and source_run is not None:
         shutil.copyfile(source_run / "splits.csv", path)
-    if path.is_file():
-        splits = pd.read_csv(path, dtype={"subject_id": str}).set_index("subject_id", drop=False)
-        if set(splits["subject_id"]) != set(cohort.subject_ids):
-            raise DataError(f"{path} does not list the cohort's subjects; the inputs changed since it was written")
-        return splits
-    splits = make_outer_splits(config, cohort)
-    write_csv(path, splits.reset_index(drop=True))
-    return splits
+    return load_or_make_splits(run_dir, config, cohort)
 
 
 def _fold_context(cohort: Cohort, config: FusionConfig, repeat: int, fold: int, train_ids: pd.Index,

@@ -193,7 +193,7 @@ def read_volume(
     path
         NIfTI or NRRD file, or a folder containing one or more DICOM series.
     channel_axis
-        Axis of a 4D file that holds the channels (``3`` for channels last, ``0`` for first).
+        Axis of a 4D file that contains the channels (``3`` for channels last, ``0`` for first).
         Required for 4D files; ignored otherwise.
     series
         SeriesInstanceUID or SeriesNumber to read from a folder holding several DICOM series.
@@ -290,7 +290,7 @@ def check_volume_data(path: str | Path) -> None:
     Raises
     ------
     DataError
-        The stream is corrupt or ends early, or it holds fewer bytes than the header declares.
+        The stream is corrupt or ends early, or it contains fewer bytes than the header declares.
     """
     import nibabel as nib
 

@@ -298,7 +298,7 @@ def _nifti_truncated(root: Path) -> None:
 
 
 def _nifti_header_data_disagree(root: Path) -> None:
-    # An uncompressed file whose header declares 6x6x6 float32 voxels but holds half of them.
+    # An uncompressed file whose header declares 6x6x6 float32 voxels but contains only half of them.
     path = root / "imaging" / "S004_t1.nii"
     nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.float32), np.eye(4)), path)
     data = path.read_bytes()
